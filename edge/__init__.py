@@ -1,0 +1,3 @@
+"""edge: serve quantized GGUF models behind an OpenAI-compatible API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""What flows between the API layer and the engine thread: requests in, events out.
+
+A `Generation` is the handle a request holder keeps: the engine thread publishes events into it
+and the request's event loop reads them. Nothing here touches llama.cpp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from edge.engine.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Tokens in, up to `n` independent continuations out."""
+
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    grammar: str | None = None
+
+    def kv_cells(self) -> int:
+        """KV cells the request can occupy: the shared prompt once, each continuation in full."""
+        return len(self.prompt_tokens) + self.n * self.max_tokens
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of choice `index`, already cut at stop strings and held back where needed."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ChoiceFinished:
+    """Choice `index` is complete: `reason` is "stop" or "length"."""
+
+    index: int
+    reason: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationFailed:
+    """The engine could not finish the request; `message` says why."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class GenerationDone:
+    """Last event of every generation, whatever happened before it."""
+
+    prompt_tokens: int
+
+
+Event = TextDelta | ChoiceFinished | GenerationFailed | GenerationDone
+
+
+class Generation:
+    """The consumer side of one request: an async stream of events, and a way to cancel."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self._loop = loop
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Ask the engine to stop working on this request at its next step."""
+        self._cancelled.set()
+
+    def publish(self, event: Event) -> None:
+        """Called from the engine thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the request's event loop is gone: nobody is listening
+            self._cancelled.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event up to and including `GenerationDone`."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, GenerationDone):
+                return

@@ -1,0 +1,92 @@
+"""A loaded GGUF model: weights, vocabulary and metadata, through llama.cpp's C API.
+
+Read-only once loaded, so request threads may tokenize while the engine thread decodes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+import llama_cpp
+
+log = logging.getLogger("edge.llama")
+
+# ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+
+
+@llama_cpp.llama_log_callback
+def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp prints hundreds of load lines to stderr; route them through logging instead.
+    log.log(_GGML_LEVELS.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
+
+
+class ModelLoadError(RuntimeError):
+    """The GGUF file is missing or llama.cpp refused to load it."""
+
+
+class LlamaModel:
+    """Owns a `llama_model*`; tokenizes, detokenizes and reads GGUF metadata."""
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        llama_cpp.llama_log_set(_forward_llama_log, None)
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.path = path
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise ModelLoadError(f"llama.cpp could not load {path} (see the log above)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        self.bos_id: int = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos_id: int = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Tokens of `text`; special-token text (e.g. `<|im_start|>`) maps to its single token."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, add_special, True)
+        if count < 0:  # the buffer was too small: -count is the size needed
+            capacity = -count
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, add_special, True)
+        return list(buffer[:count])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes `token` contributes to generated text; control tokens contribute none."""
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -size, 0, False)
+        return buffer.raw[:size]
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's text for `token` (`</s>`, `<|im_end|>`), as templates spell it."""
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None when the file lacks `key`."""
+        size = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buffer = ctypes.create_string_buffer(size + 1)
+        llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buffer, size + 1)
+        return buffer.value.decode("utf-8", "replace")

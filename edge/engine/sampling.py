@@ -1,0 +1,103 @@
+"""Sampler chains built from a request's sampling parameters.
+
+Order matters and follows llama.cpp's own server: penalties adjust the raw logits, the grammar
+(when output must be JSON or tool calls) removes every token that would break it, then the
+truncations (top-k, top-p, min-p) and the temperature shape what is left, and a seeded
+distribution draws. Temperature 0 replaces all of that with greedy choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import llama_cpp
+
+from edge.engine.llama_model import LlamaModel
+
+# How many recent tokens the repetition penalties look at (llama.cpp's default window).
+PENALTY_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What shapes each token draw. Defaults are the OpenAI API's."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not (self.repetition_penalty > 0.0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def penalizes(self) -> bool:
+        return (self.presence_penalty, self.frequency_penalty, self.repetition_penalty) != (0.0, 0.0, 1.0)
+
+
+class SamplerChain:
+    """A `llama_sampler` chain owned by one sequence; `close` frees it."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, seed: int, grammar: str | None) -> None:
+        self.ptr = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        try:
+            for sampler in _samplers(model, params, seed, grammar):
+                llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
+        except Exception:
+            self.close()
+            raise
+
+    def sample(self, ctx: llama_cpp.llama_context_p, output_index: int) -> int:
+        """Draw from the logits at `output_index` of the last decode, and accept the token."""
+        return llama_cpp.llama_sampler_sample(self.ptr, ctx, output_index)
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+def _samplers(model: LlamaModel, params: SamplingParams, seed: int, grammar: str | None) -> list:
+    samplers = []
+    if params.penalizes:
+        n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
+        samplers.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab, PENALTY_WINDOW, params.repetition_penalty,
+                params.frequency_penalty, params.presence_penalty,
+            )
+        )
+    if grammar is not None:
+        constraint = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+        if not constraint:
+            for sampler in samplers:
+                llama_cpp.llama_sampler_free(sampler)
+            raise ValueError("llama.cpp rejected the generated grammar")
+        samplers.append(constraint)
+    if params.temperature == 0.0:
+        return [*samplers, llama_cpp.llama_sampler_init_greedy()]
+    if params.top_k > 0:
+        samplers.append(llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        samplers.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        samplers.append(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    samplers.append(llama_cpp.llama_sampler_init_temp(params.temperature))
+    samplers.append(llama_cpp.llama_sampler_init_dist(seed))
+    return samplers
