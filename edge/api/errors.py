@@ -1,0 +1,63 @@
+"""One error type for the API, rendered in OpenAI's error shape; its status sets the HTTP code."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          429: "rate_limit_error", 503: "service_unavailable"}
+
+
+class EdgeError(Exception):
+    """An error a client caused or can act on."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def from_validation(error: RequestValidationError) -> EdgeError:
+    """The first validation problem, phrased as `param: what is wrong`."""
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    param = ".".join(location) or None
+    if param is None and ": " in message and " " not in message.split(": ", 1)[0]:
+        param, message = message.split(": ", 1)  # model-level checks name their field first
+    if first.get("type") == "json_invalid":
+        return EdgeError(400, "the request body is not valid JSON", None, "invalid_json")
+    return EdgeError(400, f"{param}: {message}" if param else message, param, "invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def edge_error(_: Request, error: EdgeError) -> JSONResponse:
+        return error.response()
+
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        return from_validation(error).response()
+
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return EdgeError(404, f"no route {request.method} {request.url.path}", code="unknown_route").response()
+        return EdgeError(error.status_code, str(error.detail)).response()
+
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        return EdgeError(500, f"internal error: {type(error).__name__}").response()
+
+    app.add_exception_handler(EdgeError, edge_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

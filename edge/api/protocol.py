@@ -1,0 +1,204 @@
+"""Request models of the OpenAI contract. Validation here is what turns bad values into 400s."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_STOP_STRINGS = 16
+
+
+class _Lenient(BaseModel):
+    # Clients send fields we do not use (user, logit_bias: null, ...): ignore them, as OpenAI does.
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+Content = str | list[TextPart]
+
+
+def content_text(content: Content | None) -> str:
+    """The text of a message's content, whichever of the two forms it came in."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+class SystemMessage(_Lenient):
+    role: Literal["system", "developer"]
+    content: Content
+
+
+class UserMessage(_Lenient):
+    role: Literal["user"]
+    content: Content
+
+
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(_Lenient):
+    role: Literal["assistant"]
+    content: Content | None = None
+    tool_calls: list[ToolCallIn] | None = None
+
+
+class ToolMessage(_Lenient):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+
+
+class FunctionSpec(_Lenient):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolSpecIn(_Lenient):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaSpec(_Lenient):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema")
+        return self
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class SamplingFields(_Lenient):
+    """Fields shared by /v1/chat/completions and /v1/completions. None means the default."""
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=0, le=100_000)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> SamplingFields:
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
+        if self.stop is not None and any(s == "" for s in self.stop_strings):
+            raise ValueError("stop: stop strings must not be empty")
+        if self.stream and (self.n or 1) != 1:
+            raise ValueError("n: streaming supports only n=1")
+        return self
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def max_tokens_is_null(self) -> bool:
+        """An explicit `"max_tokens": null` asks for everything the context has room for."""
+        return "max_tokens" in self.model_fields_set and self.max_tokens is None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0, le=100_000)
+    tools: list[ToolSpecIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_conversation(self) -> ChatCompletionRequest:
+        if sum(isinstance(m, SystemMessage) for m in self.messages) > 1:
+            raise ValueError("messages: at most one system message is allowed")
+        if not isinstance(self.messages[-1], UserMessage | ToolMessage):
+            raise ValueError("messages: the last message must be from the user or a tool")
+        self._check_tool_results()
+        names = [tool.function.name for tool in self.tools or []]
+        if self.tool_choice not in (None, "none") and not names:
+            raise ValueError("tool_choice: needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice: no tool named {self.tool_choice.function.name!r}")
+        if self.tools and self.response_format and self.response_format.type != "text":
+            raise ValueError("response_format: JSON output cannot be combined with tools")
+        return self
+
+    def _check_tool_results(self) -> None:
+        called: set[str] = set()
+        for message in self.messages:
+            if isinstance(message, AssistantMessage):
+                called.update(call.id for call in message.tool_calls or [])
+            elif isinstance(message, ToolMessage) and message.tool_call_id not in called:
+                raise ValueError(f"messages: tool message answers unknown tool_call_id {message.tool_call_id!r}")
+
+    @property
+    def tool_mode(self) -> str:
+        """none, auto, required, or the name of the one function the model must call."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: exactly one prompt per request is supported")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

@@ -1,0 +1,81 @@
+"""OpenAI response shapes, whole or as server-sent events, built from choice updates."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from edge.api.errors import EdgeError
+from edge.api.serving import ChoiceUpdate, Prepared, ServingLayer, Usage
+from edge.chat.tools import ToolCall
+from edge.engine.jobs import Generation
+
+_OBJECTS = {"chat": ("chat.completion", "chat.completion.chunk", "chatcmpl-"),
+            "text": ("text_completion", "text_completion", "cmpl-")}
+
+
+def _tool_call_json(call: ToolCall, index: int | None = None) -> dict:
+    body = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return body if index is None else {"index": index, **body}
+
+
+async def complete(layer: ServingLayer, prepared: Prepared, generation: Generation) -> dict:
+    """The whole response, once every choice has finished."""
+    n = prepared.generation.n
+    texts, calls, reasons = [""] * n, [[] for _ in range(n)], ["stop"] * n
+    usage = None
+    async for update in layer.updates(prepared, generation):
+        if isinstance(update, Usage):
+            usage = update
+            continue
+        texts[update.index] += update.content
+        calls[update.index].extend(update.tool_calls)
+        reasons[update.index] = update.finish_reason or reasons[update.index]
+    object_name, _, id_prefix = _OBJECTS[prepared.kind]
+    choices = []
+    for index in range(n):
+        if prepared.kind == "text":
+            choices.append({"index": index, "text": texts[index], "logprobs": None, "finish_reason": reasons[index]})
+            continue
+        message = {"role": "assistant", "content": texts[index] if texts[index] or not calls[index] else None}
+        if calls[index]:
+            message["tool_calls"] = [_tool_call_json(call) for call in calls[index]]
+        choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": reasons[index]})
+    return {"id": id_prefix + secrets.token_hex(12), "object": object_name, "created": int(time.time()),
+            "model": layer.served.id, "choices": choices, "usage": usage.as_dict() if usage else None}
+
+
+async def stream(layer: ServingLayer, prepared: Prepared, generation: Generation) -> AsyncIterator[str]:
+    """Server-sent events: one id for the whole stream, the role first, then deltas, then [DONE]."""
+    _, object_name, id_prefix = _OBJECTS[prepared.kind]
+    base = {"id": id_prefix + secrets.token_hex(12), "object": object_name, "created": int(time.time()),
+            "model": layer.served.id}
+    if prepared.include_usage:
+        base["usage"] = None
+
+    def event(choices: list[dict], **extra) -> str:
+        return f"data: {json.dumps({**base, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
+
+    if prepared.kind == "chat":
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    calls_sent = 0
+    try:
+        async for update in layer.updates(prepared, generation):
+            if isinstance(update, Usage):
+                if prepared.include_usage:
+                    yield event([], usage=update.as_dict())
+                continue
+            if prepared.kind == "text":
+                yield event([{"index": update.index, "text": update.content, "logprobs": None,
+                              "finish_reason": update.finish_reason}])
+                continue
+            delta: dict = {"content": update.content} if update.content else {}
+            if update.tool_calls:
+                delta["tool_calls"] = [_tool_call_json(c, calls_sent + i) for i, c in enumerate(update.tool_calls)]
+                calls_sent += len(update.tool_calls)
+            yield event([{"index": update.index, "delta": delta, "logprobs": None, "finish_reason": update.finish_reason}])
+    except EdgeError as error:
+        yield f"data: {json.dumps(error.body())}\n\n"
+    yield "data: [DONE]\n\n"

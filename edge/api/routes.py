@@ -1,0 +1,61 @@
+"""Thin handlers: validate (pydantic), prepare (serving layer), answer whole or streamed."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from edge.api.errors import EdgeError
+from edge.api.protocol import ChatCompletionRequest, CompletionRequest
+from edge.api.responses import complete, stream
+from edge.api.serving import Prepared, ServingLayer
+
+
+def serving_layer(request: Request) -> ServingLayer:
+    return request.app.state.serving
+
+
+def require_api_key(request: Request) -> None:
+    """With keys configured, every /v1 call needs `Authorization: Bearer <one of them>`."""
+    keys: list[str] = request.app.state.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.strip(), key) for key in keys):
+        raise EdgeError(401, "missing or invalid API key: send Authorization: Bearer <key>", None, "invalid_api_key")
+
+
+health = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@health.get("/health")
+async def get_health(layer: ServingLayer = Depends(serving_layer)) -> dict:
+    return {"status": "ok", "model": layer.served.id}
+
+
+@v1.get("/models")
+async def list_models(layer: ServingLayer = Depends(serving_layer)) -> dict:
+    served = layer.served
+    return {"object": "list", "data": [{"id": served.id, "object": "model", "created": served.created,
+                                        "owned_by": "edge", "context_length": served.ctx_size}]}
+
+
+@v1.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, layer: ServingLayer = Depends(serving_layer)):
+    return await _answer(layer, layer.prepare_chat(body), body.stream)
+
+
+@v1.post("/completions")
+async def completions(body: CompletionRequest, layer: ServingLayer = Depends(serving_layer)):
+    return await _answer(layer, layer.prepare_completion(body), body.stream)
+
+
+async def _answer(layer: ServingLayer, prepared: Prepared, streamed: bool):
+    generation = layer.start(prepared)
+    if streamed:
+        return StreamingResponse(stream(layer, prepared, generation), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    return await complete(layer, prepared, generation)

@@ -1,0 +1,203 @@
+"""The serving layer: OpenAI requests -> engine requests, engine events -> choice updates.
+
+Both response forms are built from the same stream of `ChoiceUpdate`s, so a streamed answer is
+by construction the concatenation of the deltas of the non-streamed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from edge.api.errors import EdgeError
+from edge.api.protocol import (
+    AssistantMessage, ChatCompletionRequest, CompletionRequest, SamplingFields, SystemMessage,
+    ToolMessage, content_text,
+)
+from edge.chat.template import ChatMessage, TemplateError, alternate_turns
+from edge.chat.tools import (
+    MAX_PARALLEL_CALLS, ToolCall, ToolCallReader, ToolSpec, call_text, json_grammar, result_text,
+    tools_grammar, tools_prompt,
+)
+from edge.engine.jobs import ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, TextDelta
+from edge.engine.sampling import SamplingParams
+from edge.served import ServedModel
+
+DEFAULT_MAX_TOKENS = {"chat": 512, "text": 16}  # the OpenAI API's defaults for each endpoint
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request, ready for the engine."""
+
+    generation: GenerationRequest
+    kind: str  # "chat" or "text"
+    tools_enabled: bool = False
+    include_usage: bool = False
+
+
+@dataclass
+class ChoiceUpdate:
+    index: int
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    price_per_mtoken: float
+
+    def as_dict(self) -> dict:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": total, "estimated_cost": round(total * self.price_per_mtoken / 1e6, 10)}
+
+
+class ServingLayer:
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    def check_model(self, name: str) -> None:
+        if name not in self.served.aliases:
+            raise EdgeError(404, f"model {name!r} is not served here; this server serves {self.served.id!r}",
+                            "model", "model_not_found")
+
+    def prepare_chat(self, request: ChatCompletionRequest) -> Prepared:
+        self.check_model(request.model)
+        tools = [ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in request.tools or []]
+        mode = request.tool_mode
+        extra_system, grammar = self._constraints(request, tools, mode)
+        try:
+            prompt = self.served.template.render(_chat_messages(request, extra_system))
+        except TemplateError as error:
+            raise EdgeError(400, f"messages: {error}", "messages", "invalid_conversation") from error
+        limit = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+        generation = self._generation(request, self.served.tokenize_prompt(prompt), limit, "chat", grammar)
+        return Prepared(generation, "chat", mode != "none", _include_usage(request))
+
+    def prepare_completion(self, request: CompletionRequest) -> Prepared:
+        self.check_model(request.model)
+        tokens = self.served.tokenize_prompt(request.prompt_text)
+        if not tokens:
+            raise EdgeError(400, "prompt: the prompt is empty", "prompt", "invalid_value")
+        generation = self._generation(request, tokens, request.max_tokens, "text", None)
+        return Prepared(generation, "text", False, _include_usage(request))
+
+    def _constraints(self, request: ChatCompletionRequest, tools: list[ToolSpec], mode: str) -> tuple[str, str | None]:
+        """Extra system text and the grammar that the tool or JSON mode needs."""
+        if mode != "none":
+            forced = mode if mode not in ("auto", "required") else None
+            chosen = [t for t in tools if t.name == forced] if forced else tools
+            max_calls = MAX_PARALLEL_CALLS if request.parallel_tool_calls and not forced else 1
+            grammar = tools_grammar(chosen, allow_answer=mode == "auto", max_calls=max_calls)
+            return tools_prompt(chosen, forced, required=mode == "required"), grammar
+        response_format = request.response_format
+        if response_format is None or response_format.type == "text":
+            return "", None
+        if response_format.type == "json_object":
+            return "Reply with a JSON object only.", json_grammar(None)
+        schema = response_format.json_schema.schema_
+        try:
+            grammar = json_grammar(schema)
+        except Exception as error:  # the schema converter raises assorted errors on bad schemas
+            raise EdgeError(400, f"response_format.json_schema: unsupported schema ({error})",
+                            "response_format", "invalid_schema") from error
+        return f"Reply with JSON only, matching this JSON schema: {_compact(schema)}", grammar
+
+    def _generation(self, request: SamplingFields, tokens: list[int], limit: int | None, kind: str,
+                    grammar: str | None) -> GenerationRequest:
+        max_tokens = self._completion_budget(len(tokens), limit, request.max_tokens_is_null, DEFAULT_MAX_TOKENS[kind])
+        sampling = SamplingParams(
+            temperature=_default(request.temperature, 1.0), top_p=_default(request.top_p, 1.0),
+            top_k=_default(request.top_k, 0), min_p=_default(request.min_p, 0.0),
+            presence_penalty=_default(request.presence_penalty, 0.0),
+            frequency_penalty=_default(request.frequency_penalty, 0.0),
+            repetition_penalty=_default(request.repetition_penalty, 1.0),
+        )
+        return GenerationRequest(tokens, max_tokens, sampling, request.n or 1, request.stop_strings, request.seed, grammar)
+
+    def _completion_budget(self, prompt_tokens: int, requested: int | None, is_null: bool, default: int) -> int:
+        """max_tokens after applying the context: the prompt plus it never exceeds the context."""
+        context = self.served.ctx_size
+        room = context - prompt_tokens
+        if room <= 0:
+            raise EdgeError(400, f"the prompt is {prompt_tokens} tokens but the context holds only {context}",
+                            "messages", "context_length_exceeded")
+        if is_null:
+            return room
+        if requested is None:
+            return min(default, room)
+        if requested > room:
+            raise EdgeError(400, f"max_tokens: the prompt ({prompt_tokens} tokens) plus max_tokens ({requested}) "
+                            f"exceeds the context of {context} tokens", "max_tokens", "context_length_exceeded")
+        return requested
+
+    def start(self, prepared: Prepared) -> Generation:
+        """Hand the request to the engine; errors here are still plain HTTP errors."""
+        try:
+            return self.served.engine.submit(prepared.generation, asyncio.get_running_loop())
+        except ValueError as error:
+            raise EdgeError(400, str(error), None, "invalid_request") from error
+
+    async def updates(self, prepared: Prepared, generation: Generation) -> AsyncIterator[ChoiceUpdate | Usage]:
+        """Choice updates as the engine produces them, then the usage."""
+        readers = [ToolCallReader(prepared.tools_enabled) for _ in range(prepared.generation.n)]
+        completion_tokens = 0
+        try:
+            async for event in generation.events():
+                if isinstance(event, TextDelta):
+                    text, calls = readers[event.index].feed(event.text)
+                    if text or calls:
+                        yield ChoiceUpdate(event.index, text, calls)
+                elif isinstance(event, ChoiceFinished):
+                    completion_tokens += event.completion_tokens
+                    reader = readers[event.index]
+                    leftover = reader.finish()
+                    reason = "tool_calls" if reader.calls and not leftover else event.reason
+                    yield ChoiceUpdate(event.index, leftover, [], reason)
+                elif isinstance(event, GenerationFailed):
+                    raise EdgeError(500, event.message, None, "generation_failed")
+                elif isinstance(event, GenerationDone):
+                    yield Usage(event.prompt_tokens, completion_tokens, self.served.price_per_mtoken)
+        finally:
+            generation.cancel()  # a no-op when it finished; frees the slot when the client left
+
+
+def _chat_messages(request: ChatCompletionRequest, extra_system: str) -> list[ChatMessage]:
+    """The conversation as plain-text turns, tool calls and results written in our tool format."""
+    names = {call.id: call.function.name for m in request.messages if isinstance(m, AssistantMessage)
+             for call in m.tool_calls or []}
+    messages = []
+    for message in request.messages:
+        text = content_text(message.content)
+        if isinstance(message, SystemMessage):
+            messages.append(ChatMessage("system", text))
+        elif isinstance(message, AssistantMessage):
+            calls = "".join(call_text(c.function.name, c.function.arguments) for c in message.tool_calls or [])
+            messages.append(ChatMessage("assistant", text + calls))
+        elif isinstance(message, ToolMessage):
+            messages.append(ChatMessage("user", result_text(names[message.tool_call_id], text)))
+        else:
+            messages.append(ChatMessage("user", text))
+    if extra_system:
+        system = next((m for m in messages if m.role == "system"), None)
+        combined = ChatMessage("system", f"{system.content}\n\n{extra_system}" if system else extra_system)
+        messages = [combined, *(m for m in messages if m.role != "system")]
+    return alternate_turns(messages)
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def _include_usage(request: SamplingFields) -> bool:
+    return bool(request.stream_options and request.stream_options.include_usage)
+
+
+def _compact(schema: dict) -> str:
+    return json.dumps(schema, separators=(",", ":"))

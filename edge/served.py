@@ -1,0 +1,67 @@
+"""The model a server serves: weights, engine, chat template, context and price, loaded once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from edge.cards import ModelCard, resolve_model
+from edge.chat.template import ChatTemplate
+from edge.engine.engine import Engine, EngineConfig
+from edge.engine.llama_model import LlamaModel
+from edge.settings import DEFAULT_CTX_CAP, Settings
+
+log = logging.getLogger("edge")
+
+# Used only when neither the GGUF nor its card has a chat template.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+@dataclass
+class ServedModel:
+    id: str
+    aliases: frozenset[str]
+    model: LlamaModel
+    engine: Engine
+    template: ChatTemplate
+    ctx_size: int
+    price_per_mtoken: float
+    created: int
+
+    @classmethod
+    def load(cls, settings: Settings) -> ServedModel:
+        path, card = resolve_model(settings.model, settings.models_dir)
+        model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
+        ctx_size = settings.ctx_size or min(_context_length(card, model), DEFAULT_CTX_CAP)
+        if ctx_size > model.n_ctx_train:
+            log.warning("context %d is beyond the %d the model was trained on", ctx_size, model.n_ctx_train)
+        engine = Engine(model, EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads))
+        template_source = model.metadata("tokenizer.chat_template") or (card and card.chat_template)
+        if not template_source:
+            log.warning("%s has no chat template: using a plain 'Role: text' format", path.name)
+        template = ChatTemplate(template_source or FALLBACK_TEMPLATE,
+                                model.token_text(model.bos_id), model.token_text(model.eos_id))
+        served_id = card.name if card else path.stem
+        aliases = {served_id, path.name, path.stem} | ({card.hub_id} if card else set())
+        price = settings.price if settings.price is not None else (card.price_per_mtoken if card else 0.0)
+        log.info("serving %s from %s (context %d per request, %d parallel)", served_id, path, ctx_size, settings.parallel)
+        return cls(served_id, frozenset(aliases), model, engine, template, ctx_size, price, int(time.time()))
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt; BOS is added only if the model wants it and the text lacks it."""
+        bos_text = self.template.bos_token
+        add_bos = self.model.add_bos and not (bos_text and text.startswith(bos_text))
+        tokens = self.model.tokenize(text, add_special=False)
+        return [self.model.bos_id, *tokens] if add_bos else tokens
+
+    def close(self) -> None:
+        self.engine.close()
+        self.model.close()
+
+
+def _context_length(card: ModelCard | None, model: LlamaModel) -> int:
+    return min(card.context_length, model.n_ctx_train) if card else model.n_ctx_train
