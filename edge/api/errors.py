@@ -30,16 +30,32 @@ class EdgeError(Exception):
 
 
 def from_validation(error: RequestValidationError) -> EdgeError:
-    """The first validation problem, phrased as `param: what is wrong`."""
-    first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    """The most specific validation problem, phrased as `param: what is wrong`."""
+    problems = error.errors()
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        return EdgeError(400, "the request body is not valid JSON", None, "invalid_json")
+    # A value that fits no member of a union fails once per member: the deepest failure is the
+    # one that says what is wrong (an image part in a text-only content list, say).
+    first = max(problems, key=lambda problem: len(problem.get("loc", ())))
+    param = ".".join(_field_path(first.get("loc", ()))) or None
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    param = ".".join(location) or None
     if param is None and ": " in message and " " not in message.split(": ", 1)[0]:
         param, message = message.split(": ", 1)  # model-level checks name their field first
-    if first.get("type") == "json_invalid":
-        return EdgeError(400, "the request body is not valid JSON", None, "invalid_json")
     return EdgeError(400, f"{param}: {message}" if param else message, param, "invalid_value")
+
+
+def _field_path(location: tuple) -> list[str]:
+    """The location as the client wrote it: no "body", no union member or message-role tags."""
+    path = []
+    for part in location:
+        text = str(part)
+        is_union_member = "[" in text or text in _UNION_TAGS
+        if text != "body" and not (is_union_member and path):
+            path.append(text)
+    return path
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "system", "developer", "user", "assistant", "tool", "function-after"}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,89 @@
+"""Bad input gets OpenAI-shaped errors with the right status, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+from support import MODEL
+
+USER = [{"role": "user", "content": "Hi"}]
+
+
+def error_of(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("temperature", -0.1), ("temperature", 2.01), ("temperature", "hot"),
+    ("top_p", 0), ("top_p", 1.5), ("top_k", -1), ("min_p", 1.5),
+    ("max_tokens", -1), ("max_tokens", 100_001), ("max_completion_tokens", -5),
+    ("n", 0), ("n", 3),
+    ("presence_penalty", -2.5), ("presence_penalty", 2.5),
+    ("frequency_penalty", -2.5), ("frequency_penalty", 2.5),
+    ("repetition_penalty", 0), ("repetition_penalty", -1),
+    ("stop", [f"s{i}" for i in range(17)]), ("stop", ""), ("stop", 5),
+    ("seed", "abc"), ("stream", "sometimes"),
+])
+def test_out_of_range_values_are_400_naming_the_field(http, field, value):
+    error = error_of(http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, field: value}), 400)
+    assert error["param"].split(".")[0] == field and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": USER, "n": 2, "stream": True}, "n"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content.0.type"),
+    ({"messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, *USER]}, "messages"),
+    ({"messages": [*USER, {"role": "assistant", "content": "Hello"}]}, "messages"),
+    ({"messages": [*USER, {"role": "tool", "content": "42", "tool_call_id": "call_x"}]}, "messages"),
+    ({"messages": USER, "tool_choice": "required"}, "tool_choice"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
+    ({"messages": USER, "response_format": {"type": "json_schema"}}, "response_format"),
+    ({"messages": USER, "response_format": {"type": "xml"}}, "response_format.type"),
+])
+def test_malformed_requests_are_400(http, body, param):
+    error = error_of(http.post("/v1/chat/completions", json={"model": MODEL, **body}), 400)
+    assert error["param"] == param
+
+
+def test_missing_model_is_400(http):
+    assert error_of(http.post("/v1/chat/completions", json={"messages": USER}), 400)["param"] == "model"
+
+
+def test_body_that_is_not_json_is_400(http):
+    response = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert error_of(response, 400)["code"] == "invalid_json"
+
+
+def test_unknown_model_is_404(http):
+    error = error_of(http.post("/v1/chat/completions", json={"model": "gpt-17", "messages": USER}), 404)
+    assert error["param"] == "model" and error["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nothing"), ("POST", "/v2/chat/completions"), ("GET", "/")])
+def test_unknown_route_is_404(http, method, path):
+    assert error_of(http.request(method, path), 404)["code"] == "unknown_route"
+
+
+def test_wrong_method_is_405_in_openai_shape(http):
+    error_of(http.get("/v1/chat/completions"), 405)
+
+
+def test_completions_validate_too(http):
+    assert error_of(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "temperature": 9}), 400)["param"] == "temperature"
+    assert error_of(http.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"]}), 400)["param"] == "prompt"
+    assert error_of(http.post("/v1/completions", json={"model": MODEL, "prompt": ""}), 400)["param"] == "prompt"
+
+
+def test_the_openai_client_raises_its_typed_errors(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=USER, temperature=5)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=USER)

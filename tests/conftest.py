@@ -1,0 +1,45 @@
+"""Shared fixtures: real `edge serve` processes on 127.0.0.1 running the embedded SmolLM2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from support import API_KEY, EMBEDDED_MODEL, PRICE, PRICED_MODEL, TEST_CTX, DEFAULT_MODELS_DIR, Server, load_cards
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The embedded model with defaults, except a small context."""
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    srv = Server(["--ctx-size", str(TEST_CTX)], {}, log)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def priced_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same GGUF under a card of our own (price 0.65) behind an API key, configured by EDGE_*."""
+    models = tmp_path_factory.mktemp("models")
+    embedded = load_cards(DEFAULT_MODELS_DIR)[EMBEDDED_MODEL]
+    (models / "priced.toml").write_text(
+        f'name = "{PRICED_MODEL}"\nhub_id = "test/priced"\npackage = "{embedded.package}"\n'
+        f'gguf = "{embedded.gguf}"\ncontext_length = 512\nprice_per_mtoken = {PRICE}\n'
+    )
+    env = {"EDGE_MODELS_DIR": str(models), "EDGE_MODEL": PRICED_MODEL, "EDGE_API_KEYS": f"other-key,{API_KEY}"}
+    srv = Server([], env, models / "serve.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=120) as session:
+        yield session

@@ -1,0 +1,61 @@
+"""Test support: real `edge serve` processes on 127.0.0.1, and the constants tests share."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from edge.cards import EMBEDDED_MODEL, DEFAULT_MODELS_DIR, load_cards
+
+MODEL = EMBEDDED_MODEL
+TEST_CTX = 1024  # small enough that `max_tokens: null` finishes quickly
+API_KEY = "sk-test-key"
+PRICED_MODEL = "smollm2-priced"
+PRICE = 0.65
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """An `edge serve` child process; `url` is its base URL."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("w")
+        command = [sys.executable, "-m", "edge.cli", "serve", "--port", str(self.port), "--threads", "2", *args]
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+        self.log_path = log_path
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"edge serve exited early:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"edge serve did not become ready:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
