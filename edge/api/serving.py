@@ -17,9 +17,9 @@ from edge.api.protocol import (
     ToolMessage, content_text,
 )
 from edge.chat.template import ChatMessage, TemplateError, alternate_turns
+from edge.chat.grammar import UnsupportedSchema, json_grammar
 from edge.chat.tools import (
-    MAX_PARALLEL_CALLS, ToolCall, ToolCallReader, ToolSpec, call_text, json_grammar, result_text,
-    tools_grammar, tools_prompt,
+    MAX_PARALLEL_CALLS, ToolCall, ToolCallReader, ToolSpec, call_text, result_text, tools_grammar, tools_prompt,
 )
 from edge.engine.jobs import ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, TextDelta
 from edge.engine.sampling import SamplingParams
@@ -94,7 +94,10 @@ class ServingLayer:
             forced = mode if mode not in ("auto", "required") else None
             chosen = [t for t in tools if t.name == forced] if forced else tools
             max_calls = MAX_PARALLEL_CALLS if request.parallel_tool_calls and not forced else 1
-            grammar = tools_grammar(chosen, allow_answer=mode == "auto", max_calls=max_calls)
+            try:
+                grammar = tools_grammar(chosen, allow_answer=mode == "auto", max_calls=max_calls)
+            except UnsupportedSchema as error:
+                raise EdgeError(400, f"tools: {error}", "tools", "invalid_schema") from error
             return tools_prompt(chosen, forced, required=mode == "required"), grammar
         response_format = request.response_format
         if response_format is None or response_format.type == "text":
@@ -104,9 +107,8 @@ class ServingLayer:
         schema = response_format.json_schema.schema_
         try:
             grammar = json_grammar(schema)
-        except Exception as error:  # the schema converter raises assorted errors on bad schemas
-            raise EdgeError(400, f"response_format.json_schema: unsupported schema ({error})",
-                            "response_format", "invalid_schema") from error
+        except UnsupportedSchema as error:
+            raise EdgeError(400, f"response_format: {error}", "response_format", "invalid_schema") from error
         return f"Reply with JSON only, matching this JSON schema: {_compact(schema)}", grammar
 
     def _generation(self, request: SamplingFields, tokens: list[int], limit: int | None, kind: str,

@@ -15,10 +15,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
+from edge.chat.grammar import add_schema, new_converter
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 MAX_PARALLEL_CALLS = 4
+# A function declared without parameters takes none: its arguments are exactly {}.
+NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 @dataclass(frozen=True)
@@ -74,33 +76,25 @@ def tools_prompt(tools: list[ToolSpec], forced: str | None, required: bool) -> s
 
 def tools_grammar(tools: list[ToolSpec], allow_answer: bool, max_calls: int) -> str:
     """GBNF: one to `max_calls` well-formed calls, or (when `allow_answer`) a plain answer."""
-    converter = SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter = new_converter({"name": 0, "arguments": 1})
     calls_schema = {
         "anyOf": [
             {
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters or {"type": "object"}},
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters or NO_ARGUMENTS},
                 "required": ["name", "arguments"],
             }
             for t in tools
         ]
     }
-    converter.visit(converter.resolve_refs(calls_schema, ""), "call-json")
-    optional_calls = "".join(f' ("\\n"? call{" " if i < max_calls - 2 else ""}' for i in range(max_calls - 1))
+    add_schema(converter, calls_schema, "call-json")
     rules = [
-        f"calls ::= call{optional_calls}{')?' * (max_calls - 1)}",
+        f'calls ::= call ("\\n"? call){{0,{max_calls - 1}}}',
         f'call ::= "{CALL_OPEN}" call-json "{CALL_CLOSE}"',
         'answer ::= ([^<] [^\\x00]*)?',
         "root ::= calls | answer" if allow_answer else "root ::= calls",
     ]
     return converter.format_grammar() + "\n" + "\n".join(rules) + "\n"
-
-
-def json_grammar(schema: dict[str, Any] | None) -> str:
-    """GBNF for a JSON object (`schema` None) or for JSON that validates against `schema`."""
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    converter.visit(converter.resolve_refs(schema if schema is not None else {"type": "object"}, ""), "")
-    return converter.format_grammar()
 
 
 _CALL_PATTERN = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
