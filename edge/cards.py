@@ -54,7 +54,11 @@ def resolve_model(spec: str | None, models_dir: Path) -> tuple[Path, ModelCard |
     spec = spec or EMBEDDED_MODEL
     for card in cards.values():
         if spec in (card.name, card.hub_id):
-            return card.gguf_path(models_dir), card
+            path = card.gguf_path(models_dir)
+            if not path.is_file():
+                raise CardError(f"model {card.name}: {path} does not exist yet; create it with "
+                                f"`make convert MODEL={card.hub_id} QUANT=<type>` (see README)")
+            return path, card
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" or path.exists():
         card = next((c for c in cards.values() if c.package is None and c.gguf == path.name), None)
