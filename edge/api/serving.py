@@ -121,7 +121,11 @@ class ServingLayer:
             frequency_penalty=_default(request.frequency_penalty, 0.0),
             repetition_penalty=_default(request.repetition_penalty, 1.0),
         )
-        return GenerationRequest(tokens, max_tokens, sampling, request.n or 1, request.stop_strings, request.seed, grammar)
+        # The end-of-sequence text is a stop too: a model may spell `</s>` out in plain characters
+        # instead of emitting the token, and it must not reach the client either way.
+        eos_text = self.served.template.eos_token
+        stops = request.stop_strings + ((eos_text,) if eos_text and eos_text not in request.stop_strings else ())
+        return GenerationRequest(tokens, max_tokens, sampling, request.n or 1, stops, request.seed, grammar)
 
     def _completion_budget(self, prompt_tokens: int, requested: int | None, is_null: bool, default: int) -> int:
         """max_tokens after applying the context: the prompt plus it never exceeds the context."""
