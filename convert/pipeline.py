@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType as Q
 
 from . import arch, source, vocab
 from .errors import ConvertError
-from .quantize import ftype_for, quantize
+from .quantize import ftype_for, progress, quantize
 from .safetensors import ShardReader
 from .writer import DIRECT_TYPES, FILE_TYPES, LazyTensor, PartWriter, commit, output_paths, tensor_type, type_nbytes
 
@@ -71,7 +71,7 @@ def run(opts: Options) -> list[Path]:
             _write(w, q, opts.out)
         outputs = [w.final_paths() for q, w in writers.items() if q in quants]
         for q in llama_types:
-            outputs.append(_quantize(writers["BF16"], _path(opts, name, q), q, splits, opts))
+            outputs.append(_quantize(writers["BF16"], _path(opts, name, q), q, splits, opts, _estimate(tensors, q)))
     if llama_types and "BF16" not in quants and not opts.keep_bf16:
         for p in writers["BF16"].final_paths():
             p.unlink(missing_ok=True)
@@ -117,7 +117,12 @@ def _write(w: PartWriter, q: str, out: Path) -> None:
     print(f"wrote {', '.join(p.name for p in finals)} ({q})", file=sys.stderr)
 
 
-def _quantize(bf16: PartWriter, dst: Path, q: str, splits: int, opts: Options) -> list[Path]:
+def _estimate(tensors: list[arch.OutTensor], q: str) -> int:
+    """Expected output bytes of a llama.cpp quant (for the disk check and the progress bar)."""
+    return int(sum(t.n_elements for t in tensors) * BITS_PER_WEIGHT.get(q, UNKNOWN_BPW) / 8)
+
+
+def _quantize(bf16: PartWriter, dst: Path, q: str, splits: int, opts: Options, expected: int) -> list[Path]:
     finals = output_paths(dst, splits)
     if all(p.is_file() for p in finals):
         print(f"{finals[0].name}: complete, skipped", file=sys.stderr)
@@ -127,10 +132,11 @@ def _quantize(bf16: PartWriter, dst: Path, q: str, splits: int, opts: Options) -
         # llama.cpp names split outputs PREFIX-0000i-of-0000N.gguf; make the prefix a .part one.
         prefix = dst.with_name(dst.stem + ".part")
         parts = [Path(gguf.SHARD_NAME_FORMAT.format(str(prefix), i + 1, splits)) for i in range(splits)]
-        quantize(src, prefix, q, opts.threads, opts.imatrix, keep_split=True)
     else:
-        parts = [Path(f"{dst}.part")]
-        quantize(src, parts[0], q, opts.threads, opts.imatrix, keep_split=False)
+        prefix = Path(f"{dst}.part")
+        parts = [prefix]
+    with progress(parts, expected, f"Quantizing {q}"):
+        quantize(src, prefix, q, opts.threads, opts.imatrix, keep_split=splits > 1)
     commit(parts, finals)
     print(f"wrote {', '.join(p.name for p in finals)} ({q})", file=sys.stderr)
     return finals
@@ -141,9 +147,8 @@ def _check_disk(out: Path, writers: dict[str, PartWriter], quants: list[str], te
     for w in writers.values():
         if not all(p.is_file() for p in w.final_paths()):
             need += sum(ti.nbytes for shard in w.tensors for ti in shard.values()) + METADATA_SLACK
-    n_params = sum(t.n_elements for t in tensors)
     for q in quants:
-        need += int(n_params * BITS_PER_WEIGHT.get(q, UNKNOWN_BPW) / 8) + METADATA_SLACK
+        need += _estimate(tensors, q) + METADATA_SLACK
     free = shutil.disk_usage(out).free
     if need > free:
         raise ConvertError(f"not enough disk space in {out}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -64,6 +67,31 @@ def _imatrix_array(data: dict[str, np.ndarray]):  # noqa: ANN202 - (ctypes array
         entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         entries[i].size = values.size
     return entries, keep
+
+
+@contextmanager
+def progress(files: list[Path], expected: int, label: str) -> Iterator[None]:
+    """A tqdm bar (with ETA) fed by the growing output files: llama_model_quantize has no
+    progress callback, but it writes tensors in order, so bytes written track work done."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    bar = tqdm(desc=label, total=expected, unit="B", unit_scale=True)
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            done = sum(f.stat().st_size for f in files if f.is_file())
+            bar.update(max(0, min(done, expected) - bar.n))
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.update(expected - bar.n)
+        bar.close()
 
 
 def quantize(src: Path, dst: Path, qname: str, threads: int, imatrix: Path | None, keep_split: bool) -> None:
