@@ -196,3 +196,32 @@ def test_parse_size(size, expected):
     from convert.cli import parse_size
 
     assert parse_size(size) == expected
+
+
+def write_imatrix(path: Path, model: Path) -> None:
+    """A GGUF imatrix (llama-imatrix's layout) of uniform importance for every matrix of model."""
+    w = gguf.GGUFWriter(path, "imatrix")
+    for t in gguf.GGUFReader(model).tensors:
+        if len(t.shape) < 2:
+            continue
+        n_mat = int(t.shape[2]) if len(t.shape) > 2 else 1  # one row per expert
+        w.add_tensor(f"{t.name}.in_sum2", np.full((n_mat, int(t.shape[0])), 3.0, dtype=np.float32))
+        w.add_tensor(f"{t.name}.counts", np.full((n_mat, 1), 3.0, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_imatrix_enables_very_low_bit_quant(checkpoint, converted, tmp_path):
+    """IQ2_XXS refuses to run without an importance matrix and succeeds with ours."""
+    model = checkpoint("tiny-mixtral")
+    without = cli(str(model), "-q", "IQ2_XXS", "-o", str(tmp_path / "a"))
+    # llama.cpp logs its own lines while quantizing; ours is the last one
+    assert without.returncode != 0 and "Traceback" not in without.stderr
+    assert "quantization to IQ2_XXS failed" in without.stderr.strip().splitlines()[-1]
+    write_imatrix(tmp_path / "imatrix.gguf", converted("tiny-mixtral", "BF16"))
+    proc = cli(str(model), "-q", "IQ2_XXS", "--imatrix", str(tmp_path / "imatrix.gguf"), "-o", str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    types = {t.tensor_type for t in gguf.GGUFReader(tmp_path / "b" / "tiny-mixtral-IQ2_XXS.gguf").tensors}
+    assert gguf.GGMLQuantizationType.IQ2_XXS in types
