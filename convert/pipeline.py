@@ -101,6 +101,7 @@ def _writer(ckpt: source.Checkpoint, spec: arch.ArchSpec, tensors: list[arch.Out
         lazy = LazyTensor(t, tensor_type(t, qtype), reader)
         w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), lazy.nbytes, raw_dtype=lazy.qtype)
         w.tensors[-1][t.name].tensor = lazy  # type: ignore[assignment]
+    w.add_size_label(gguf.size_label(*w.get_total_parameter_count()))  # e.g. "8x22B", as llama.cpp
     return w
 
 

@@ -42,3 +42,21 @@ def test_chat_through_llama_cpp(converted):
     text = out["choices"][0]["message"]["content"]
     assert text.strip() and "<|im_" not in text
     llm.close()
+
+
+def test_mixtral_metadata_and_merged_experts(converted):
+    import gguf
+
+    r = gguf.GGUFReader(converted("tiny-mixtral", "BF16"))
+    f = {k: v.contents() for k, v in r.fields.items() if not k.startswith(("GGUF.", "tokenizer.ggml."))}
+    assert f["general.architecture"] == "llama"
+    assert (f["llama.expert_count"], f["llama.expert_used_count"]) == (4, 2)
+    assert (f["llama.attention.head_count"], f["llama.attention.head_count_kv"]) == (4, 2)
+    assert (f["llama.rope.freq_base"], f["llama.context_length"], f["llama.block_count"]) == (1e6, 2048, 2)
+    assert f["general.file_type"] == gguf.LlamaFileType.MOSTLY_BF16
+    tensors = {t.name: t for t in r.tensors}
+    for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        t = tensors[f"blk.1.{name}.weight"]
+        assert len(t.shape) == 3 and int(t.shape[2]) == 4  # ggml order: (cols, rows, experts)
+    assert not any(".experts." in n for n in tensors)
+    assert tensors["blk.0.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
