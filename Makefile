@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 CMAKE_ARGS ?= -DGGML_RPC=on
 ARGS ?=
 
-.PHONY: install serve test clean
+.PHONY: install serve test clean convert bench-convert
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ $(STAMP): pyproject.toml
 
 serve: $(STAMP)
 	$(BIN)/edge serve $(ARGS)
+
+# Convert a hub id or local checkpoint to GGUF: make convert MODEL=microsoft/WizardLM-2-8x22B QUANT=Q4_K_M
+MODEL ?=
+QUANT ?= Q4_K_M
+OUT   ?= models
+convert: $(STAMP)
+	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=<hub id or dir> QUANT=<type[,type...]> [OUT=models]" >&2; exit 2; }
+	$(BIN)/python -m convert "$(MODEL)" --quant "$(QUANT)" --out "$(OUT)" $(ARGS)
+
+# Our converter vs llama.cpp's convert_hf_to_gguf.py; writes bench/reports/convert.md.
+bench-convert: $(STAMP)
+	$(BIN)/python bench/convert_bench.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

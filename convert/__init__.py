@@ -1,0 +1,1 @@
+"""HF safetensors -> GGUF conversion (streaming, resumable) and llama.cpp quantization."""
