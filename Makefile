@@ -29,7 +29,7 @@ QUANT ?= Q4_K_M
 OUT   ?= models
 convert: $(STAMP)
 	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=<hub id or dir> QUANT=<type[,type...]> [OUT=models]" >&2; exit 2; }
-	$(BIN)/python -m convert "$(MODEL)" --quant "$(QUANT)" --out "$(OUT)" $(ARGS)
+	$(BIN)/edge convert "$(MODEL)" --quant "$(QUANT)" --out "$(OUT)" $(ARGS)
 
 # Our converter vs llama.cpp's convert_hf_to_gguf.py; writes bench/reports/convert.md.
 bench-convert: $(STAMP)

@@ -8,6 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
+from convert import cli as convert_cli
 from edge.cards import CardError
 from edge.engine.llama_model import ModelLoadError
 from edge.settings import Settings
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model over HTTP")
     _serve_arguments(serve)
     serve.set_defaults(handler=_serve)
+    convert = commands.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF quants")
+    convert_cli.add_arguments(convert)
+    convert.set_defaults(handler=convert_cli.run)
     return parser
 
 
