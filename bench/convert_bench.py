@@ -23,7 +23,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.convert import fixtures  # noqa: E402
+from tests.conversion import fixtures  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "edge-bench"
 SDIST = "llama_cpp_python-0.3.36"
