@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from edge.gguf_info import ModelLayout
 from edge.memory import (
-    active_bytes_per_token, compute_bytes, kv_bytes, kv_bytes_per_layer, output_bytes, split_weights,
+    LayerWeights, WeightSplit, active_bytes_per_token, compute_bytes, kv_bytes, kv_bytes_per_layer,
+    output_bytes, split_weights,
 )
 
 GIB = 1024**3
@@ -46,7 +47,7 @@ class Placement:
     kv_cache: int
     compute: int
     n_gpu_layers: int  # as llama.cpp counts: n_layer + 1 means every block and the output head
-    experts: str  # "GPU", "CPU", "CPU (N layers)" or "-" for a dense model
+    experts: str  # "GPU", "CPU", "N GPU, M CPU" or "-" for a dense model
     gpu_bytes: int
     host_bytes: int
     fits: bool
@@ -58,20 +59,21 @@ class Placement:
         return asdict(self)
 
 
-def _gpu_side(split, h, k: int, workload: Workload, cpu_moe: bool) -> tuple[int, int]:
+def _on_gpu(layer: LayerWeights, cpu_moe: int) -> int:
+    # Experts of the first `cpu_moe` blocks stay in host memory (llama.cpp's --n-cpu-moe).
+    return layer.dense if layer.index < cpu_moe else layer.total
+
+
+def _gpu_side(split: WeightSplit, h, k: int, workload: Workload, cpu_moe: int) -> tuple[int, int]:
     """(GPU bytes, host bytes of weights) with the last k blocks offloaded."""
     n = h.n_layer
     on_gpu = split.layers[n - min(k, n):]
     kv_layer = kv_bytes_per_layer(h, workload.ctx, workload.cache_type)
-    gpu = sum(layer.dense if cpu_moe else layer.total for layer in on_gpu) + kv_layer * len(on_gpu)
-    if k > n:
-        gpu += split.output
-    host_weights = split.total - sum(layer.dense if cpu_moe else layer.total for layer in on_gpu)
-    host_weights -= split.output if k > n else 0
-    return gpu, host_weights
+    gpu_weights = sum(_on_gpu(layer, cpu_moe) for layer in on_gpu) + (split.output if k > n else 0)
+    return gpu_weights + kv_layer * len(on_gpu), split.total - gpu_weights
 
 
-def _speed(split, h, k: int, machine: Machine, workload: Workload, cpu_moe: bool) -> float:
+def _speed(split: WeightSplit, h, k: int, machine: Machine, workload: Workload, cpu_moe: int) -> float:
     """Tokens/s bound from bytes read per token on each side and each side's bandwidth."""
     share = h.n_expert_used / h.n_expert if h.n_expert else 1.0
     n = h.n_layer
@@ -82,7 +84,7 @@ def _speed(split, h, k: int, machine: Machine, workload: Workload, cpu_moe: bool
         dense_target = layer.dense + kv_layer
         if on_gpu:
             gpu_read += dense_target
-            if cpu_moe:
+            if layer.index < cpu_moe:
                 host_read += layer.experts * share
             else:
                 gpu_read += layer.experts * share
@@ -97,17 +99,18 @@ def _speed(split, h, k: int, machine: Machine, workload: Workload, cpu_moe: bool
     return 1.0 / seconds if seconds else 0.0
 
 
-def _choose(split, h, machine: Machine, workload: Workload, compute: int) -> tuple[int, bool]:
-    """(k, cpu_moe): the placement with the best speed bound whose GPU part fits."""
+def _choose(split: WeightSplit, h, machine: Machine, workload: Workload, compute: int) -> tuple[int, int]:
+    """(k, cpu_moe): the placement with the best speed bound whose GPU part fits: k blocks offloaded,
+    or every block offloaded with the experts of the first cpu_moe blocks kept in host memory."""
     n = h.n_layer
     if not machine.vram:
-        return 0, False
+        return 0, 0
     budget = machine.vram - machine.gpu_margin - compute
-    candidates = [(k, False) for k in range(n + 2) if _gpu_side(split, h, k, workload, False)[0] <= budget]
-    if h.n_expert and _gpu_side(split, h, n + 1, workload, True)[0] <= budget:
-        candidates.append((n + 1, True))
+    candidates = [(k, 0) for k in range(n + 2) if _gpu_side(split, h, k, workload, 0)[0] <= budget]
+    if h.n_expert:
+        candidates += [(n + 1, m) for m in range(1, n + 1) if _gpu_side(split, h, n + 1, workload, m)[0] <= budget]
     if not candidates:
-        return 0, False
+        return 0, 0
     return max(candidates, key=lambda c: (_speed(split, h, c[0], machine, workload, c[1]), c[0]))
 
 
@@ -123,15 +126,17 @@ def place(layout: ModelLayout, machine: Machine, workload: Workload, parallel: i
     gpu = gpu_weights_kv + compute if k else 0
     # Host keeps a compute buffer too whenever any block runs there; otherwise only the outputs.
     host_compute = compute if (k <= h.n_layer or cpu_moe) else output_bytes(h, parallel)
+    cpu_moe = min(cpu_moe, h.n_layer)
     host = host_weights + host_kv + host_compute + output_bytes(h, parallel)
     if machine.unified:
         fits = gpu <= machine.vram - machine.gpu_margin and gpu + host <= machine.ram - machine.ram_margin
     else:
         fits = (not k or gpu <= machine.vram - machine.gpu_margin) and host <= machine.ram - machine.ram_margin
-    experts = "-" if not h.n_expert else ("CPU" if cpu_moe or k == 0 else "GPU" if k > h.n_layer else
-                                          f"CPU ({h.n_layer - k} layers)")
-    strategy = ("CPU only" if not k else "--cpu-moe" if cpu_moe else
-                "all on GPU" if k > h.n_layer else f"{k} of {h.n_layer} layers on GPU")
+    n = h.n_layer
+    on_cpu = n if not k else cpu_moe or max(0, n - k)
+    experts = "-" if not h.n_expert else "CPU" if on_cpu == n else "GPU" if not on_cpu else f"{n - on_cpu} GPU, {on_cpu} CPU"
+    strategy = ("CPU only" if not k else f"--cpu-moe" if cpu_moe == n else f"--n-cpu-moe {cpu_moe}" if cpu_moe else
+                "all on GPU" if k > n else f"--n-gpu-layers {k}")
     return Placement(
         quant=layout.file_type, ctx=workload.ctx, cache_type=workload.cache_type, weights=split.total,
         kv_cache=kv, compute=compute, n_gpu_layers=k, experts=experts, gpu_bytes=gpu, host_bytes=host,
@@ -146,7 +151,8 @@ def auto_gpu_layers(layout: ModelLayout, vram: float, workload: Workload, cpu_mo
     h = layout.hparams
     split = split_weights(layout)
     budget = vram - Machine().gpu_margin - compute_bytes(h, workload.ctx, workload.flash_attn)
-    fitting = [k for k in range(h.n_layer + 2) if _gpu_side(split, h, k, workload, cpu_moe)[0] <= budget]
+    moe = h.n_layer if cpu_moe else 0
+    fitting = [k for k in range(h.n_layer + 2) if _gpu_side(split, h, k, workload, moe)[0] <= budget]
     return max(fitting, default=0)
 
 
