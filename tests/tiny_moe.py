@@ -7,10 +7,12 @@ fall back to other types), and 8 experts trigger the same quant-mix rules as the
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
+import llama_cpp
 import numpy as np
 
 from edge.gguf_info import Hyperparameters
@@ -102,3 +104,28 @@ def write_tiny_moe(path: Path, shape: TinyMoe = TinyMoe(), seed: int = 0) -> int
     writer.write_tensors_to_file()
     writer.close()
     return len(tokens)
+
+
+# Quant name -> llama.cpp file type; the same seven file types as the flagship's published sizes.
+FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "IQ4_XS": 30, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q8_0": 7}
+
+
+class TinyMoeFiles:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.source = folder / "tiny-moe-F32.gguf"
+        vocab_file = folder / "vocab.txt"
+        if not self.source.is_file() or not vocab_file.is_file():
+            vocab_file.write_text(str(write_tiny_moe(self.source)))
+        self.hparams: Hyperparameters = TinyMoe().hyperparameters(int(vocab_file.read_text()))
+
+    def quantized(self, quant: str) -> Path:
+        path = self.folder / f"tiny-moe-{quant}.gguf"
+        if not path.is_file():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype, params.nthread = FTYPES[quant], 2
+            partial = path.with_suffix(".part")
+            status = llama_cpp.llama_model_quantize(str(self.source).encode(), str(partial).encode(), ctypes.byref(params))
+            assert status == 0, f"llama_model_quantize to {quant} failed"
+            partial.rename(path)
+        return path
