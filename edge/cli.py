@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge.cards import DEFAULT_MODELS_DIR, CardError
+from edge.engine.backends import OverrideError
+from edge.gguf_info import GGUFInfoError
 from edge.engine.llama_model import ModelLoadError
 from edge.memory import CACHE_TYPES
 from edge.quant_mix import QUANTS
@@ -46,6 +48,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--cpu-moe", action="store_true", default=None,
                         help="keep MoE expert tensors in host memory, the rest on the GPU (EDGE_CPU_MOE)")
+    parser.add_argument("--n-cpu-moe", type=int, default=None,
+                        help="keep only the experts of the first N blocks in host memory (EDGE_N_CPU_MOE)")
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         first = error.errors()[0]
         print(f"edge: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
-    except (CardError, ModelLoadError, ValueError) as error:
+    except (CardError, ModelLoadError, OverrideError, GGUFInfoError, ValueError) as error:
         print(f"edge: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130

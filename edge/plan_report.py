@@ -42,7 +42,7 @@ def layouts_for(spec: str, models_dir: Path, quant: str | None = None) -> list[M
     card = next((c for c in cards.values() if spec in (c.name, c.hub_id)), None)
     if card is not None and quant is None and card.package is None and (models_dir / card.gguf).is_file():
         return [read_layout(models_dir / card.gguf)]
-    if card is not None and card.package is not None and not card.hyperparameters:
+    if card is not None and card.package is not None and not card.hyperparameters and quant is None:
         return [read_layout(card.gguf_path(models_dir))]
     return card_layouts(spec, models_dir, quant)
 
