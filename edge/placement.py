@@ -43,7 +43,7 @@ def load_options(settings: Settings, path: Path, kv_cells: int) -> LoadOptions:
     if settings.n_cpu_moe and not settings.cpu_moe:
         # Experts of blocks 0..N-1 only, like llama.cpp's --n-cpu-moe.
         blocks = "|".join(str(i) for i in range(settings.n_cpu_moe))
-        rules.append((rf"^blk\.({blocks})\{EXPERT_PATTERN}", "CPU"))
+        rules.append((rf"^blk\.({blocks}){EXPERT_PATTERN}", "CPU"))
     split = settings.tensor_split_values
     return LoadOptions(
         n_gpu_layers=resolve_gpu_layers(settings, path, kv_cells), cpu_moe=settings.cpu_moe,

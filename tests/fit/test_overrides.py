@@ -49,3 +49,13 @@ def test_unknown_device_and_bad_patterns_are_refused() -> None:
 def test_devices_include_the_cpu_with_its_memory() -> None:
     cpu = [device for device in devices() if device.type == "CPU"]
     assert cpu and cpu[0].total_bytes > 1e9 and 0 < cpu[0].free_bytes <= cpu[0].total_bytes
+
+
+def test_n_cpu_moe_keeps_only_the_first_blocks_experts(tiny_moe, caplog) -> None:
+    from edge.placement import load_options
+    from edge.settings import Settings
+
+    path = tiny_moe.quantized("Q4_K_M")
+    options = load_options(Settings(n_cpu_moe=1, override_tensor=r"^output\.weight=CPU"), path, 512)
+    assert set(_load_and_collect(path, options, caplog)) == {
+        "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight", "output.weight"}
