@@ -91,12 +91,28 @@ def _field(reader: gguf.GGUFReader, key: str, default: object = None) -> object:
     return field.contents()
 
 
-def read_layout(path: Path) -> ModelLayout:
-    """The layout of the GGUF at `path`, from its header only."""
+_SPLIT = re.compile(r"^(.*)-00001-of-(\d{5})\.gguf$")
+
+
+def _split_files(path: Path) -> list[Path]:
+    """All files of a split GGUF when `path` is its first (name-00001-of-0000N.gguf), else [path]."""
+    match = _SPLIT.match(path.name)
+    if not match:
+        return [path]
+    count = int(match.group(2))
+    return [path.with_name(f"{match.group(1)}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def _reader(path: Path) -> gguf.GGUFReader:
     try:
-        reader = gguf.GGUFReader(path)
+        return gguf.GGUFReader(path)
     except (OSError, ValueError) as error:
         raise GGUFInfoError(f"{path}: not a readable GGUF ({error})") from error
+
+
+def read_layout(path: Path) -> ModelLayout:
+    """The layout of the GGUF at `path` (every file of a split GGUF), from headers only."""
+    reader = _reader(path)
     arch = str(_field(reader, "general.architecture"))
     n_embd = int(_field(reader, f"{arch}.embedding_length"))
     n_head = int(_field(reader, f"{arch}.attention.head_count"))
@@ -114,8 +130,9 @@ def read_layout(path: Path) -> ModelLayout:
         n_expert=int(_field(reader, f"{arch}.expert_count", 0)),
         n_expert_used=int(_field(reader, f"{arch}.expert_used_count", 0)),
     )
+    readers = [reader] + [_reader(part) for part in _split_files(path)[1:]]
     tensors = tuple(
-        TensorInfo(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name) for t in reader.tensors
+        TensorInfo(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name) for r in readers for t in r.tensors
     )
     file_type = _field(reader, "general.file_type", -1)
     try:
