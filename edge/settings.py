@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.cards import DEFAULT_MODELS_DIR
+from edge.engine.backends import parse_override
 
 # Default per-request context when the flag is not given: the model's own, capped, because the
 # KV cache grows with it (WizardLM-2's 64k context is 14 GiB per sequence at f16).
@@ -23,11 +25,39 @@ class Settings(BaseSettings):
     models_dir: Path = DEFAULT_MODELS_DIR
     ctx_size: int | None = Field(None, ge=16)
     threads: int | None = Field(None, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1)
+    n_gpu_layers: int | Literal["auto"] = 0  # -1 all; "auto": as many as `edge plan` fits in --vram
+    vram: float | None = Field(None, ge=0)  # GB for "auto"; default: what the first GPU reports free
+    cpu_moe: bool = False  # MoE expert tensors stay in host memory
+    n_cpu_moe: int = Field(0, ge=0)  # only the experts of the first N blocks stay in host memory
+    override_tensor: str = ""  # PATTERN=DEVICE[,PATTERN=DEVICE...]
+    cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    load_mode: Literal["auto", "mmap", "mlock", "read"] = "auto"
+    split_mode: Literal["none", "layer", "row"] = "layer"
+    main_gpu: int = Field(0, ge=0)
+    tensor_split: str = ""  # e.g. "3,1": share of the model per GPU
     parallel: int = Field(2, ge=1, le=64)
     api_keys: str = ""  # comma-separated; empty means no authentication
     price: float | None = Field(None, ge=0)  # USD per million tokens; overrides the card's
     log_level: str = "info"
+
+    @field_validator("n_gpu_layers")
+    @classmethod
+    def _layers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < -1:
+            raise ValueError("must be -1 (all), 0 or more, or auto")
+        return value
+
+    @property
+    def override_rules(self) -> list[tuple[str, str]]:
+        return [parse_override(spec.strip()) for spec in self.override_tensor.split(",") if spec.strip()]
+
+    @property
+    def tensor_split_values(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(part) for part in self.tensor_split.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(f"--tensor-split expects comma-separated numbers, got {self.tensor_split!r}") from None
 
     @property
     def api_key_list(self) -> list[str]:

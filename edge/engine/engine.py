@@ -32,6 +32,11 @@ from edge.engine.stops import StopMatcher
 log = logging.getLogger("edge.engine")
 
 
+_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+_FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+               "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the context is sized: `ctx_size` tokens per request, `parallel` sequences at once."""
@@ -40,6 +45,9 @@ class EngineConfig:
     parallel: int = 2
     n_batch: int = 512
     threads: int | None = None
+    cache_type_k: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention)
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"  # auto, on or off
 
     def __post_init__(self) -> None:
         if self.ctx_size < 16:
@@ -109,6 +117,8 @@ class Engine:
         params.kv_unified = True  # sequences share one cache: an n=2 prompt is stored once
         params.n_threads = params.n_threads_batch = config.threads or os.cpu_count() or 1
         params.no_perf = True
+        params.type_k, params.type_v = _CACHE_TYPES[config.cache_type_k], _CACHE_TYPES[config.cache_type_v]
+        params.flash_attn_type = _FLASH_ATTN[config.flash_attn]
         self._ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not self._ctx:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")

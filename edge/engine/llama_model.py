@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+
+from edge.engine.backends import TensorOverrides
+from edge.gguf_info import EXPERT_PATTERN
 
 log = logging.getLogger("edge.llama")
 
@@ -27,17 +31,45 @@ class ModelLoadError(RuntimeError):
     """The GGUF file is missing or llama.cpp refused to load it."""
 
 
+LOAD_MODES = {
+    "auto": llama_cpp.LLAMA_LOAD_MODE_AUTO,
+    "mmap": llama_cpp.LLAMA_LOAD_MODE_MMAP,
+    "mlock": llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,  # mapped, and locked so it cannot be swapped out
+    "read": llama_cpp.LLAMA_LOAD_MODE_NONE,  # read into allocated memory
+}
+SPLIT_MODES = {"none": llama_cpp.LLAMA_SPLIT_MODE_NONE, "layer": llama_cpp.LLAMA_SPLIT_MODE_LAYER,
+               "row": llama_cpp.LLAMA_SPLIT_MODE_ROW}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where weights go and how they are read; the defaults are llama.cpp's own."""
+
+    n_gpu_layers: int = 0
+    cpu_moe: bool = False  # keep MoE expert tensors in host memory
+    overrides: tuple[tuple[str, str], ...] = ()  # (tensor-name regex, buffer type name)
+    load_mode: str = "auto"
+    split_mode: str = "layer"
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = field(default=())
+
+    def override_rules(self) -> list[tuple[str, str]]:
+        return [*self.overrides, *([(EXPERT_PATTERN, "CPU")] if self.cpu_moe else [])]
+
+
 class LlamaModel:
     """Owns a `llama_model*`; tokenizes, detokenizes and reads GGUF metadata."""
 
-    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+    def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         llama_cpp.llama_log_set(_forward_llama_log, None)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
+        # Both arrays are read by llama.cpp during the load only, but are kept with the model anyway.
+        self._overrides, self._split = self._apply(params, options)
         self.path = path
+        # The first file of a split GGUF (name-00001-of-0000N.gguf) makes llama.cpp load the rest.
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {path} (see the log above)")
@@ -46,6 +78,22 @@ class LlamaModel:
         self.bos_id: int = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos_id: int = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    @staticmethod
+    def _apply(params: llama_cpp.llama_model_params, options: LoadOptions) -> tuple[TensorOverrides | None, object]:
+        params.n_gpu_layers = options.n_gpu_layers
+        params.load_mode = LOAD_MODES[options.load_mode]
+        params.split_mode = SPLIT_MODES[options.split_mode]
+        params.main_gpu = options.main_gpu
+        overrides = TensorOverrides(options.override_rules()) if options.override_rules() else None
+        if overrides is not None:
+            params.tensor_buft_overrides = overrides.pointer
+        split = None
+        if options.tensor_split:
+            # llama.cpp reads llama_max_devices() floats.
+            split = (ctypes.c_float * llama_cpp.llama_max_devices())(*options.tensor_split)
+            params.tensor_split = split
+        return overrides, split
 
     def close(self) -> None:
         if self.ptr:

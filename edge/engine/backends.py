@@ -1,0 +1,144 @@
+"""ggml backend devices and buffer types, through ctypes.
+
+llama-cpp-python binds llama.h but not ggml-backend.h, and declares
+`llama_model_params.tensor_buft_overrides` as a bare pointer. Filling it needs buffer types
+(`ggml_backend_buffer_type_t`) that only ggml's own functions return, so the few functions needed
+are declared here against the ggml library that llama-cpp-python ships (and has already loaded).
+Declarations follow ggml/include/ggml-backend.h.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import llama_cpp
+
+# enum ggml_backend_dev_type (ggml-backend.h)
+DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
+
+
+class OverrideError(ValueError):
+    """An --override-tensor value names a bad pattern or an unknown device."""
+
+
+class _BuftOverride(ctypes.Structure):
+    # struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+@cache
+def _ggml() -> ctypes.CDLL:
+    """The ggml library llama-cpp-python loaded; its handle also resolves ggml-base's symbols."""
+    from llama_cpp._ggml import libggml  # the same copy llama.cpp itself uses: one device registry
+
+    lib = libggml
+    declarations = {
+        "ggml_backend_dev_count": ([], ctypes.c_size_t),
+        "ggml_backend_dev_get": ([ctypes.c_size_t], ctypes.c_void_p),
+        "ggml_backend_dev_name": ([ctypes.c_void_p], ctypes.c_char_p),
+        "ggml_backend_dev_description": ([ctypes.c_void_p], ctypes.c_char_p),
+        "ggml_backend_dev_type": ([ctypes.c_void_p], ctypes.c_int),
+        "ggml_backend_dev_memory": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                     ctypes.POINTER(ctypes.c_size_t)], None),
+        "ggml_backend_dev_buffer_type": ([ctypes.c_void_p], ctypes.c_void_p),
+        "ggml_backend_dev_host_buffer_type": ([ctypes.c_void_p], ctypes.c_void_p),
+        "ggml_backend_buft_name": ([ctypes.c_void_p], ctypes.c_char_p),
+        "ggml_backend_reg_count": ([], ctypes.c_size_t),
+        "ggml_backend_reg_get": ([ctypes.c_size_t], ctypes.c_void_p),
+        "ggml_backend_reg_name": ([ctypes.c_void_p], ctypes.c_char_p),
+    }
+    for name, (argtypes, restype) in declarations.items():
+        function = getattr(lib, name)
+        function.argtypes = argtypes
+        function.restype = restype
+    return lib
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    type: str
+    free_bytes: int
+    total_bytes: int
+    buffer_type: str
+
+
+def devices() -> list[Device]:
+    """Every ggml device this build registered, with the memory it reports free."""
+    lib = _ggml()
+    found = []
+    for index in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(index)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = lib.ggml_backend_dev_type(dev)
+        buft = lib.ggml_backend_dev_buffer_type(dev)
+        found.append(Device(
+            lib.ggml_backend_dev_name(dev).decode(), lib.ggml_backend_dev_description(dev).decode(),
+            DEVICE_TYPES.get(kind, str(kind)), free.value, total.value,
+            lib.ggml_backend_buft_name(buft).decode() if buft else "",
+        ))
+    return found
+
+
+def backends() -> list[str]:
+    """Names of the registered backends (CPU, CUDA, Metal, RPC, ...)."""
+    lib = _ggml()
+    return [lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)).decode() for i in range(lib.ggml_backend_reg_count())]
+
+
+def _buffer_types() -> dict[str, int]:
+    """Buffer types by lower-cased name: each device's own, and its pinned host type if it has one."""
+    lib = _ggml()
+    table: dict[str, int] = {}
+    for index in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(index)
+        for buft in (lib.ggml_backend_dev_buffer_type(dev), lib.ggml_backend_dev_host_buffer_type(dev)):
+            if buft:
+                table.setdefault(lib.ggml_backend_buft_name(buft).decode().lower(), buft)
+    return table
+
+
+def parse_override(spec: str) -> tuple[str, str]:
+    """'PATTERN=DEVICE' -> (pattern, device), checking the regex now rather than inside llama.cpp."""
+    pattern, sep, device = spec.rpartition("=")
+    if not sep or not pattern or not device:
+        raise OverrideError(f"--override-tensor expects PATTERN=DEVICE, got {spec!r}")
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise OverrideError(f"--override-tensor pattern {pattern!r} is not a valid regex: {error}") from error
+    return pattern, device
+
+
+class TensorOverrides:
+    """A NULL-terminated llama_model_tensor_buft_override array; keep it alive as long as the model."""
+
+    def __init__(self, rules: list[tuple[str, str]]) -> None:
+        table = _buffer_types()
+        self._patterns = [pattern.encode() for pattern, _ in rules]  # the array points into these
+        self.array = (_BuftOverride * (len(rules) + 1))()
+        for slot, ((pattern, device), encoded) in enumerate(zip(rules, self._patterns)):
+            buft = table.get(device.lower())
+            if buft is None:
+                known = ", ".join(sorted(table))
+                raise OverrideError(f"unknown device {device!r} for tensors {pattern!r} (this build has: {known})")
+            self.array[slot].pattern = encoded
+            self.array[slot].buft = buft
+        # The last element stays {NULL, NULL}: llama.cpp stops there.
+
+    def __len__(self) -> int:
+        return len(self._patterns)
+
+    @property
+    def pointer(self) -> int:
+        return ctypes.addressof(self.array)
+
+
+def ensure_backends() -> None:
+    """Initialise llama.cpp's backends so the device registry is populated."""
+    llama_cpp.llama_backend_init()
