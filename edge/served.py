@@ -10,6 +10,7 @@ from edge.cards import ModelCard, resolve_model
 from edge.chat.template import ChatTemplate
 from edge.engine.engine import Engine, EngineConfig
 from edge.engine.llama_model import LlamaModel
+from edge.engine.supervised import ChildSpec, SupervisedEngine
 from edge.settings import DEFAULT_CTX_CAP, Settings
 
 log = logging.getLogger("edge")
@@ -26,7 +27,7 @@ class ServedModel:
     id: str
     aliases: frozenset[str]
     model: LlamaModel
-    engine: Engine
+    engine: Engine | SupervisedEngine
     template: ChatTemplate
     ctx_size: int
     price_per_mtoken: float
@@ -35,11 +36,20 @@ class ServedModel:
     @classmethod
     def load(cls, settings: Settings) -> ServedModel:
         path, card = resolve_model(settings.model, settings.models_dir)
-        model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
+        endpoints = settings.rpc_endpoints
+        # Across RPC workers the weights live in a supervised child process (llama.cpp aborts
+        # when a worker goes away); this process keeps only the vocabulary, for prompts.
+        model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers, vocab_only=bool(endpoints))
         ctx_size = settings.ctx_size or min(_context_length(card, model), DEFAULT_CTX_CAP)
         if ctx_size > model.n_ctx_train:
             log.warning("context %d is beyond the %d the model was trained on", ctx_size, model.n_ctx_train)
-        engine = Engine(model, EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads))
+        config = EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads)
+        if endpoints:
+            # All layers go to the workers unless told otherwise: that is the point of --rpc.
+            layers = settings.n_gpu_layers or -1
+            engine = SupervisedEngine(ChildSpec(path, layers, config, tuple(endpoints), settings.log_level.upper()))
+        else:
+            engine = Engine(model, config)
         template_source = model.metadata("tokenizer.chat_template") or (card and card.chat_template)
         if not template_source:
             log.warning("%s has no chat template: using a plain 'Role: text' format", path.name)

@@ -23,6 +23,9 @@ def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> 
     log.log(_GGML_LEVELS.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
 
 
+ALL_LAYERS = 10_000
+
+
 class ModelLoadError(RuntimeError):
     """The GGUF file is missing or llama.cpp refused to load it."""
 
@@ -30,19 +33,29 @@ class ModelLoadError(RuntimeError):
 class LlamaModel:
     """Owns a `llama_model*`; tokenizes, detokenizes and reads GGUF metadata."""
 
-    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+    def __init__(self, path: Path, n_gpu_layers: int = 0, vocab_only: bool = False,
+                 devices: list[int] | None = None) -> None:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         llama_cpp.llama_log_set(_forward_llama_log, None)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
+        # llama.cpp offloads min(n_gpu_layers, layers + 1) layers; -1 asks for all of them.
+        params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else ALL_LAYERS
+        params.vocab_only = vocab_only  # metadata and tokenizer only: no weights are read
+        if devices:
+            # Offload devices, NULL-terminated; llama.cpp copies the list while loading.
+            device_list = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.cast(device_list, ctypes.c_void_p)
         self.path = path
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {path} (see the log above)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
-        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        # A vocabulary-only load leaves the hyperparameters at 0: read the GGUF key instead.
+        architecture = self.metadata("general.architecture") or "llama"
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self.ptr) or int(
+            self.metadata(f"{architecture}.context_length") or 0)
         self.bos_id: int = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos_id: int = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
