@@ -20,7 +20,7 @@ $(error GPU must be cpu, cuda or metal, not '$(GPU)')
 endif
 CMAKE_ARGS ?= $(CMAKE_ARGS_$(GPU))
 
-.PHONY: install serve test clean convert bench-convert
+.PHONY: install serve test clean convert bench-convert bench-rpc
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ convert: $(STAMP)
 # Our converter vs llama.cpp's convert_hf_to_gguf.py; writes bench/reports/convert.md.
 bench-convert: $(STAMP)
 	$(BIN)/python bench/convert_bench.py
+
+# One process vs split over two local RPC workers; writes bench/reports/rpc.md.
+bench-rpc: $(STAMP)
+	$(BIN)/python bench/rpc_bench.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

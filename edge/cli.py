@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 from pathlib import Path
 
@@ -44,6 +46,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         ("--api-keys", str, "comma-separated keys clients must send as Bearer tokens (EDGE_API_KEYS)"),
         ("--price", float, "USD per million tokens for usage.estimated_cost (EDGE_PRICE, default: the card's)"),
         ("--log-level", str, "debug, info, warning or error (EDGE_LOG_LEVEL, default info)"),
+        ("--rpc", str, "comma-separated host:port of `edge worker`s to spread the model over (EDGE_RPC)"),
     ]
     for flag, kind, help_text in flags:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
@@ -122,12 +125,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from edge.rpc import serve_worker
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"edge worker: listening on {args.host}: the RPC protocol has no authentication, "
+              "run workers on a trusted network only", file=sys.stderr)
+    serve_worker(args.host, args.port, args.threads, args.cache_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="Serve GGUF models behind an OpenAI-compatible API.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model over HTTP")
     _serve_arguments(serve)
     serve.set_defaults(handler=_serve)
+    worker = commands.add_parser("worker", help="lend this machine's CPU to an `edge serve --rpc` elsewhere")
+    worker.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    worker.add_argument("--port", type=int, default=50052, help="port (default 50052)")
+    worker.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    worker.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache tensors here so a reload does not send the weights again")
+    worker.set_defaults(handler=_worker)
     convert = commands.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF quants")
     convert_cli.add_arguments(convert)
     convert.set_defaults(handler=convert_cli.run)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from dataclasses import dataclass
 
 from edge.cards import ModelCard, resolve_model
 from edge.chat.template import ChatTemplate
 from edge.engine.engine import Engine, EngineConfig
 from edge.engine.llama_model import LlamaModel
+from edge.engine.supervised import ChildSpec, SupervisedEngine
 from edge.placement import load_options
 from edge.settings import DEFAULT_CTX_CAP, Settings
 
@@ -27,7 +29,7 @@ class ServedModel:
     id: str
     aliases: frozenset[str]
     model: LlamaModel
-    engine: Engine
+    engine: Engine | SupervisedEngine
     template: ChatTemplate
     ctx_size: int
     price_per_mtoken: float
@@ -38,14 +40,23 @@ class ServedModel:
         path, card = resolve_model(settings.model, settings.models_dir)
         # The plan for --n-gpu-layers auto needs the KV size before the model (and its context) exist.
         planned_ctx = settings.ctx_size or min(card.context_length if card else DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
-        model = LlamaModel(path, load_options(settings, path, planned_ctx * settings.parallel))
+        options = load_options(settings, path, planned_ctx * settings.parallel)
+        endpoints = settings.rpc_endpoints
+        # Across RPC workers the weights live in a supervised child process (llama.cpp aborts
+        # when a worker goes away); this process keeps only the vocabulary, for prompts.
+        model = LlamaModel(path, replace(options, vocab_only=True) if endpoints else options)
         ctx_size = settings.ctx_size or min(_context_length(card, model), DEFAULT_CTX_CAP)
         if ctx_size > model.n_ctx_train:
             log.warning("context %d is beyond the %d the model was trained on", ctx_size, model.n_ctx_train)
         config = EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads,
                               cache_type_k=settings.cache_type, cache_type_v=settings.cache_type,
                               flash_attn=settings.flash_attn)
-        engine = Engine(model, config)
+        if endpoints:
+            # All layers go to the workers unless told otherwise: that is the point of --rpc.
+            remote_options = replace(options, n_gpu_layers=options.n_gpu_layers or -1)
+            engine = SupervisedEngine(ChildSpec(path, remote_options, config, tuple(endpoints), settings.log_level.upper()))
+        else:
+            engine = Engine(model, config)
         template_source = model.metadata("tokenizer.chat_template") or (card and card.chat_template)
         if not template_source:
             log.warning("%s has no chat template: using a plain 'Role: text' format", path.name)

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     api_keys: str = ""  # comma-separated; empty means no authentication
     price: float | None = Field(None, ge=0)  # USD per million tokens; overrides the card's
     log_level: str = "info"
+    rpc: str = ""  # comma-separated host:port of `edge worker`s; empty means this machine only
+
+    @property
+    def rpc_endpoints(self) -> list[str]:
+        from edge.rpc import parse_endpoints
+
+        return parse_endpoints(self.rpc) if self.rpc.strip() else []
 
     @field_validator("n_gpu_layers")
     @classmethod

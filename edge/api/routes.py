@@ -11,6 +11,7 @@ from edge.api.errors import EdgeError
 from edge.api.protocol import ChatCompletionRequest, CompletionRequest
 from edge.api.responses import complete, stream
 from edge.api.serving import Prepared, ServingLayer
+from edge.engine.supervised import RETRY_AFTER_SECONDS
 
 
 def serving_layer(request: Request) -> ServingLayer:
@@ -33,6 +34,9 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 @health.get("/health")
 async def get_health(layer: ServingLayer = Depends(serving_layer)) -> dict:
+    if not layer.served.engine.ready:
+        raise EdgeError(503, "the model is loading or its RPC workers are unreachable", None,
+                        "engine_unavailable", RETRY_AFTER_SECONDS)
     return {"status": "ok", "model": layer.served.id}
 
 

@@ -23,6 +23,7 @@ from edge.chat.tools import (
 )
 from edge.engine.jobs import ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, TextDelta
 from edge.engine.sampling import SamplingParams
+from edge.engine.supervised import EngineUnavailable
 from edge.served import ServedModel
 
 DEFAULT_MAX_TOKENS = {"chat": 512, "text": 16}  # the OpenAI API's defaults for each endpoint
@@ -147,6 +148,8 @@ class ServingLayer:
         """Hand the request to the engine; errors here are still plain HTTP errors."""
         try:
             return self.served.engine.submit(prepared.generation, asyncio.get_running_loop())
+        except EngineUnavailable as error:
+            raise EdgeError(503, str(error), None, "engine_unavailable", error.retry_after) from error
         except ValueError as error:
             raise EdgeError(400, str(error), None, "invalid_request") from error
 

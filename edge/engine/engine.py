@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import llama_cpp
 
 from edge.engine.jobs import (
-    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, TextDelta,
+    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, TextDelta,
 )
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.sampling import SamplerChain
@@ -56,6 +56,16 @@ class EngineConfig:
             raise ValueError(f"parallel must be at least 1, got {self.parallel}")
 
 
+def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
+    """Raise ValueError when `request` could never run on an engine configured as `config`."""
+    if not request.prompt_tokens:
+        raise ValueError("the prompt is empty")
+    if request.n > config.parallel:
+        raise ValueError(f"n={request.n} needs the server started with --parallel {request.n} or more")
+    if request.kv_cells() > config.ctx_size * config.parallel:
+        raise ValueError(f"the request needs {request.kv_cells()} KV cells; the server has {config.ctx_size * config.parallel}")
+
+
 class _Sequence:
     """One continuation: its KV sequence id, sampler chain, detokenizer and stop matcher."""
 
@@ -76,7 +86,7 @@ class _Sequence:
 class _Job:
     """A request inside the engine: its prompt cursor and its sequences."""
 
-    def __init__(self, generation: Generation, model: LlamaModel) -> None:
+    def __init__(self, generation: GenerationHandle, model: LlamaModel) -> None:
         self.generation = generation
         self.request = generation.request
         self.prompt_read = 0
@@ -128,17 +138,18 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
         self._thread.start()
 
+    ready = True  # an in-process engine is usable for as long as it exists
+
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Generation:
         """Queue `request`; raises ValueError when it can never run on this engine."""
-        if not request.prompt_tokens:
-            raise ValueError("the prompt is empty")
-        if request.n > self.config.parallel:
-            raise ValueError(f"n={request.n} needs the server started with --parallel {request.n} or more")
-        if request.kv_cells() > self.kv_capacity:
-            raise ValueError(f"the request needs {request.kv_cells()} KV cells; the server has {self.kv_capacity}")
         generation = Generation(request, loop)
-        self._inbox.put(_Job(generation, self.model))  # sampler and grammar errors raise here
+        self.enqueue(generation)
         return generation
+
+    def enqueue(self, handle: GenerationHandle) -> None:
+        """Queue a request whose events go to `handle`; raises ValueError when it can never run."""
+        check_fits(handle.request, self.config)
+        self._inbox.put(_Job(handle, self.model))  # sampler and grammar errors raise here
 
     def close(self) -> None:
         """Stop the loop (running requests fail with a clear message) and free the context."""

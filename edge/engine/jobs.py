@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from edge.engine.sampling import SamplingParams
 
@@ -63,6 +64,17 @@ class GenerationDone:
 
 
 Event = TextDelta | ChoiceFinished | GenerationFailed | GenerationDone
+
+
+class GenerationHandle(Protocol):
+    """What the engine needs of whoever waits for a request's events."""
+
+    request: GenerationRequest
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def publish(self, event: Event) -> None: ...
 
 
 class Generation:

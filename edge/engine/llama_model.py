@@ -52,6 +52,8 @@ class LoadOptions:
     split_mode: str = "layer"
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = field(default=())
+    vocab_only: bool = False  # metadata and tokenizer only: no weights are read
+    devices: tuple[int, ...] = ()  # ggml_backend_dev_t handles to offload to; () lets llama.cpp choose
 
     def override_rules(self) -> list[tuple[str, str]]:
         return [*self.overrides, *([(EXPERT_PATTERN, "CPU")] if self.cpu_moe else [])]
@@ -67,21 +69,31 @@ class LlamaModel:
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         # Both arrays are read by llama.cpp during the load only, but are kept with the model anyway.
-        self._overrides, self._split = self._apply(params, options)
+        self._load_arrays = self._apply(params, options)
         self.path = path
         # The first file of a split GGUF (name-00001-of-0000N.gguf) makes llama.cpp load the rest.
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {path} (see the log above)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
-        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        # A vocabulary-only load leaves the hyperparameters at 0: read the GGUF key instead.
+        architecture = self.metadata("general.architecture") or "llama"
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self.ptr) or int(
+            self.metadata(f"{architecture}.context_length") or 0)
         self.bos_id: int = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos_id: int = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
 
     @staticmethod
-    def _apply(params: llama_cpp.llama_model_params, options: LoadOptions) -> tuple[TensorOverrides | None, object]:
+    def _apply(params: llama_cpp.llama_model_params, options: LoadOptions) -> tuple[object, ...]:
         params.n_gpu_layers = options.n_gpu_layers
+        params.vocab_only = options.vocab_only
+        devices = None
+        if options.devices:
+            # NULL-terminated. Passed explicitly because llama.cpp's default device choice did not
+            # pick up RPC devices registered through ctypes (measured: every layer stayed on CPU).
+            devices = (ctypes.c_void_p * (len(options.devices) + 1))(*options.devices, None)
+            params.devices = ctypes.cast(devices, ctypes.c_void_p)
         params.load_mode = LOAD_MODES[options.load_mode]
         params.split_mode = SPLIT_MODES[options.split_mode]
         params.main_gpu = options.main_gpu
@@ -93,7 +105,7 @@ class LlamaModel:
             # llama.cpp reads llama_max_devices() floats.
             split = (ctypes.c_float * llama_cpp.llama_max_devices())(*options.tensor_split)
             params.tensor_split = split
-        return overrides, split
+        return overrides, split, devices
 
     def close(self) -> None:
         if self.ptr:

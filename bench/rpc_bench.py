@@ -1,0 +1,85 @@
+"""Tokens/s of the embedded model in one process vs split across two local `edge worker`s.
+
+Writes bench/reports/rpc.md. On one machine the split can only be slower (every layer's
+activations cross a socket); the point of RPC is capacity, not speed. Run: make bench-rpc
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from support import Server  # noqa: E402
+
+TOKENS = 128
+RUNS = 3
+PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # counting never stops early
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _decode_rate(url: str) -> float:
+    """Best of RUNS: completion tokens per second of wall time, prompt included."""
+    body = {"model": httpx.get(f"{url}/v1/models").json()["data"][0]["id"], "prompt": PROMPT,
+            "max_tokens": TOKENS, "temperature": 0}
+    rates = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        usage = httpx.post(f"{url}/v1/completions", json=body, timeout=600).json()["usage"]
+        rates.append(usage["completion_tokens"] / (time.perf_counter() - started))
+    return max(rates)
+
+
+def main() -> None:
+    logs = Path(tempfile.mkdtemp(prefix="edge-rpc-bench-"))
+    alone = Server([], {}, logs / "alone.log")
+    try:
+        one_process = _decode_rate(alone.url)
+    finally:
+        alone.stop()
+    ports = [_free_port(), _free_port()]
+    workers = [subprocess.Popen([sys.executable, "-m", "edge.cli", "worker", "--port", str(p), "--threads", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+    try:
+        time.sleep(5)
+        split = Server(["--rpc", ",".join(f"127.0.0.1:{p}" for p in ports)], {}, logs / "split.log")
+        try:
+            two_workers = _decode_rate(split.url)
+        finally:
+            split.stop()
+    finally:
+        for worker in workers:
+            worker.kill()
+    load = os.getloadavg()[0]
+    report = REPO / "bench" / "reports" / "rpc.md"
+    report.write_text(
+        "# One process vs two local RPC workers\n\n"
+        f"`make bench-rpc` (bench/rpc_bench.py), {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, load average {load:.1f} at the end.\n"
+        f"Embedded SmolLM2-135M Q4_1, {TOKENS} completion tokens, best of {RUNS}.\n\n"
+        "| setup | tokens/s |\n|---|---|\n"
+        f"| one process (`edge serve`) | {one_process:.1f} |\n"
+        f"| split over two `edge worker`s on 127.0.0.1 (1 thread each) | {two_workers:.1f} |\n\n"
+        f"Split / one process: {two_workers / one_process:.2f}x. Expected below 1 on one machine: every step\n"
+        "crosses two sockets and the workers share this machine's cores. RPC buys capacity (a model\n"
+        "larger than one machine's memory), not speed.\n"
+    )
+    print(report.read_text())
+
+
+if __name__ == "__main__":
+    main()

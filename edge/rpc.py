@@ -1,0 +1,111 @@
+"""llama.cpp's RPC backend through ctypes: run a worker, or register remote workers' devices.
+
+llama-cpp-python binds none of this (its `rpc_servers` argument is silently ignored), but the
+library it builds contains the RPC backend when compiled with -DGGML_RPC=on, as `make` does.
+
+Beware: llama.cpp aborts the whole process when a worker cannot be reached or goes away, so
+`register_workers` and everything that then uses the devices must run in a process we can lose
+(see edge/engine/supervised.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import llama_cpp
+
+_CPU_DEVICE_TYPE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+_ACCELERATOR_TYPES = (1, 2)  # GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU
+
+
+class RpcUnavailable(RuntimeError):
+    """This build of llama.cpp has no RPC backend."""
+
+
+@dataclass(frozen=True)
+class RemoteDevice:
+    endpoint: str
+    name: str
+    free_bytes: int
+    total_bytes: int
+    handle: int  # ggml_backend_dev_t, valid in this process only
+
+
+@cache
+def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """The ggml core and RPC libraries shipped inside llama_cpp, with the prototypes we call."""
+    if not llama_cpp.llama_supports_rpc():
+        raise RpcUnavailable("this llama-cpp-python build has no RPC backend; reinstall with `make install`")
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+    rpc = ctypes.CDLL(str(lib_dir / "libggml-rpc.so"))
+    void_p, size_t = ctypes.c_void_p, ctypes.c_size_t
+    _prototype(ggml.ggml_backend_dev_by_type, [ctypes.c_int], void_p)
+    _prototype(ggml.ggml_backend_reg_dev_count, [void_p], size_t)
+    _prototype(ggml.ggml_backend_reg_dev_get, [void_p, size_t], void_p)
+    _prototype(ggml.ggml_backend_device_register, [void_p], None)
+    _prototype(ggml.ggml_backend_dev_name, [void_p], ctypes.c_char_p)
+    _prototype(ggml.ggml_backend_dev_count, [], size_t)
+    _prototype(ggml.ggml_backend_dev_get, [size_t], void_p)
+    _prototype(ggml.ggml_backend_dev_type, [void_p], ctypes.c_int)
+    _prototype(ggml.ggml_backend_dev_memory, [void_p, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None)
+    _prototype(rpc.ggml_backend_rpc_add_server, [ctypes.c_char_p], void_p)
+    _prototype(rpc.ggml_backend_rpc_start_server,
+               [ctypes.c_char_p, ctypes.c_char_p, size_t, size_t, ctypes.POINTER(void_p)], None)
+    return ggml, rpc
+
+
+def _prototype(function, argtypes: list, restype) -> None:
+    function.argtypes = argtypes
+    function.restype = restype
+
+
+def serve_worker(host: str, port: int, threads: int, cache_dir: Path | None) -> None:
+    """Expose this machine's CPU to RPC clients on host:port. Blocks for good."""
+    ggml, rpc = _libraries()
+    cpu = ggml.ggml_backend_dev_by_type(_CPU_DEVICE_TYPE)
+    devices = (ctypes.c_void_p * 1)(cpu)
+    cache = str(cache_dir).encode() if cache_dir else None
+    rpc.ggml_backend_rpc_start_server(f"{host}:{port}".encode(), cache, threads, 1, devices)
+
+
+def register_workers(endpoints: list[str]) -> list[RemoteDevice]:
+    """Make every device of every worker available to llama.cpp's model loader.
+
+    Aborts the process if a worker is unreachable: call it only in a supervised child.
+    """
+    ggml, rpc = _libraries()
+    devices = []
+    for endpoint in endpoints:
+        registry = rpc.ggml_backend_rpc_add_server(endpoint.encode())
+        for index in range(ggml.ggml_backend_reg_dev_count(registry)):
+            device = ggml.ggml_backend_reg_dev_get(registry, index)
+            ggml.ggml_backend_device_register(device)
+            free, total = ctypes.c_size_t(), ctypes.c_size_t()
+            ggml.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+            name = ggml.ggml_backend_dev_name(device).decode()
+            devices.append(RemoteDevice(endpoint, name, free.value, total.value, device))
+    return devices
+
+
+def local_accelerators() -> list[int]:
+    """This machine's GPU devices (none on a CPU build), to use beside the remote ones."""
+    ggml, _ = _libraries()
+    handles = (ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count()))
+    return [h for h in handles if ggml.ggml_backend_dev_type(h) in _ACCELERATOR_TYPES
+            and not ggml.ggml_backend_dev_name(h).startswith(b"RPC")]
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """'host:port,host:port' -> a list; raises ValueError on anything else."""
+    endpoints = [part.strip() for part in text.split(",") if part.strip()]
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--rpc: {endpoint!r} is not host:port")
+    if not endpoints:
+        raise ValueError("--rpc: give at least one host:port")
+    return endpoints
