@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import logging
 import os
 import sys
@@ -18,7 +19,9 @@ from edge.engine.backends import OverrideError
 from edge.gguf_info import GGUFInfoError
 from edge.engine.llama_model import ModelLoadError
 from edge.memory import CACHE_TYPES
+from edge.plan import Machine
 from edge.quant_mix import QUANTS
+from edge.rpc import RpcUnavailable
 from edge.settings import Settings
 
 
@@ -70,6 +73,8 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ram-bandwidth", type=float, default=None, help="GB/s (default 60)")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="folder of model cards")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
+                        help="count the free memory of these `edge worker`s as offload memory")
 
 
 def _int_list(text: str) -> list[int]:
@@ -93,10 +98,23 @@ def _plan(args: argparse.Namespace) -> int:
         raise ValueError("--parallel must be at least 1")
     layouts = layouts_for(args.model, args.models_dir, args.quant)
     machine = machine_from(args.vram, args.ram, args.unified, args.gpu_bandwidth, args.ram_bandwidth, machine_ram())
+    if args.rpc:
+        machine = _with_workers(machine, args.rpc, quiet=args.json)
     placements = plan_all(layouts, machine, args.ctx or list(DEFAULT_CONTEXTS), args.cache_type,
                           not args.no_flash_attn, args.parallel)
     print((format_json if args.json else format_table)(layouts, placements, machine))
     return 0
+
+
+def _with_workers(machine: Machine, endpoints_text: str, quiet: bool) -> Machine:
+    """Remote workers' free memory joins the offload memory, as llama.cpp will use it."""
+    from edge.rpc import parse_endpoints, probe_workers
+
+    remote = probe_workers(parse_endpoints(endpoints_text))
+    if not quiet:
+        for endpoint, free, total in remote:
+            print(f"RPC worker {endpoint}: {free / 1e9:.1f} GB free of {total / 1e9:.1f} GB, counted as offload memory")
+    return replace(machine, vram=machine.vram + sum(free for _, free, _ in remote))
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -167,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         first = error.errors()[0]
         print(f"edge: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
-    except (CardError, ModelLoadError, OverrideError, GGUFInfoError, ValueError) as error:
+    except (CardError, ModelLoadError, OverrideError, GGUFInfoError, RpcUnavailable, ValueError) as error:
         print(f"edge: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130

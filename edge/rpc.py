@@ -11,6 +11,10 @@ Beware: llama.cpp aborts the whole process when a worker cannot be reached or go
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -53,6 +57,8 @@ def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     _prototype(ggml.ggml_backend_dev_type, [void_p], ctypes.c_int)
     _prototype(ggml.ggml_backend_dev_memory, [void_p, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None)
     _prototype(rpc.ggml_backend_rpc_add_server, [ctypes.c_char_p], void_p)
+    _prototype(rpc.ggml_backend_rpc_get_device_memory,
+               [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None)
     _prototype(rpc.ggml_backend_rpc_start_server,
                [ctypes.c_char_p, ctypes.c_char_p, size_t, size_t, ctypes.POINTER(void_p)], None)
     return ggml, rpc
@@ -97,6 +103,38 @@ def local_accelerators() -> list[int]:
     handles = (ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count()))
     return [h for h in handles if ggml.ggml_backend_dev_type(h) in _ACCELERATOR_TYPES
             and not ggml.ggml_backend_dev_name(h).startswith(b"RPC")]
+
+
+def _report_memory(endpoints: list[str], results: multiprocessing.queues.Queue) -> None:
+    os.environ["GGML_NO_BACKTRACE"] = "1"  # an abort here is an answer, not a crash to debug
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the caller reports it in one line of its own
+    _, rpc = _libraries()
+    for endpoint in endpoints:
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        rpc.ggml_backend_rpc_get_device_memory(endpoint.encode(), 0, ctypes.byref(free), ctypes.byref(total))
+        results.put((endpoint, free.value, total.value))
+
+
+def probe_workers(endpoints: list[str], timeout: float = 30.0) -> list[tuple[str, int, int]]:
+    """(endpoint, free bytes, total bytes) of each worker's first device.
+
+    Asked from a throwaway process, because llama.cpp aborts when a worker cannot be reached.
+    """
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_report_memory, args=(endpoints, results), daemon=True)
+    child.start()
+    answers = []
+    try:
+        for endpoint in endpoints:
+            answers.append(results.get(timeout=timeout))
+    except queue.Empty:
+        raise RpcUnavailable(f"cannot reach the RPC worker at {endpoint}") from None
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+    return answers
 
 
 def parse_endpoints(text: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import socket
 import subprocess
@@ -121,3 +121,15 @@ def test_losing_a_worker_fails_the_request_then_the_service_recovers(mixtral, wo
         assert server.process.poll() is None  # the HTTP server never died
     finally:
         server.stop()
+
+
+def test_plan_counts_the_workers_memory(workers):
+    endpoints = ",".join(f"127.0.0.1:{w.port}" for w in workers)
+    command = [sys.executable, "-m", "edge.cli", "plan", "wizardlm-2-8x22b", "--quant", "Q4_K_M", "--ctx", "8192",
+               "--ram", "64", "--json"]
+    alone = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    shared = json.loads(subprocess.run([*command, "--rpc", endpoints], capture_output=True, text=True, check=True).stdout)
+    assert alone["machine"]["vram"] == 0 and shared["machine"]["vram"] > 1e9  # each worker reports its free RAM
+    unreachable = subprocess.run([*command, "--rpc", "127.0.0.1:1"], capture_output=True, text=True)
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.strip() == "edge: cannot reach the RPC worker at 127.0.0.1:1"
