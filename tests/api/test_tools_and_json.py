@@ -24,7 +24,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 
 
 def call(client, messages=ASK, **fields):
-    fields = {"max_tokens": 256, **fields}
+    fields = {"max_tokens": 160, **fields}
     return client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0, seed=1, **fields)
 
 
