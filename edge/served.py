@@ -39,7 +39,9 @@ class ServedModel:
         ctx_size = settings.ctx_size or min(_context_length(card, model), DEFAULT_CTX_CAP)
         if ctx_size > model.n_ctx_train:
             log.warning("context %d is beyond the %d the model was trained on", ctx_size, model.n_ctx_train)
-        engine = Engine(model, EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads))
+        config = EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads,
+                              max_queue=settings.max_queue, queue_timeout=settings.queue_timeout or None)
+        engine = Engine(model, config)
         template_source = model.metadata("tokenizer.chat_template") or (card and card.chat_template)
         if not template_source:
             log.warning("%s has no chat template: using a plain 'Role: text' format", path.name)

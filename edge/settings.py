@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1)
     n_gpu_layers: int = Field(0, ge=-1)
     parallel: int = Field(2, ge=1, le=64)
+    max_queue: int = Field(64, ge=0)  # requests waiting for a slot beyond which new ones get a 429
+    queue_timeout: float = Field(600.0, ge=0)  # seconds a request may wait for a slot; 0: no limit
+    shutdown_timeout: float = Field(30.0, ge=0)  # seconds running requests get to finish on SIGTERM
     api_keys: str = ""  # comma-separated; empty means no authentication
     price: float | None = Field(None, ge=0)  # USD per million tokens; overrides the card's
     log_level: str = "info"

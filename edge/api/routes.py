@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from edge.api.errors import EdgeError
 from edge.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -36,6 +36,12 @@ async def get_health(layer: ServingLayer = Depends(serving_layer)) -> dict:
     return {"status": "ok", "model": layer.served.id}
 
 
+@health.get("/metrics")
+async def get_metrics(layer: ServingLayer = Depends(serving_layer)) -> Response:
+    """Prometheus text format, from the engine's own registry."""
+    return Response(layer.served.engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 @v1.get("/models")
 async def list_models(layer: ServingLayer = Depends(serving_layer)) -> dict:
     served = layer.served
@@ -54,7 +60,7 @@ async def completions(body: CompletionRequest, layer: ServingLayer = Depends(ser
 
 
 async def _answer(layer: ServingLayer, prepared: Prepared, streamed: bool):
-    generation = layer.start(prepared)
+    generation = await layer.start(prepared)
     if streamed:
         return StreamingResponse(stream(layer, prepared, generation), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})

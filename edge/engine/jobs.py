@@ -31,6 +31,21 @@ class GenerationRequest:
         return len(self.prompt_tokens) + self.n * self.max_tokens
 
 
+class QueueFull(Exception):
+    """The server has as many requests waiting as it accepts; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Started:
+    """The request left the queue and holds its slots; `reused` prompt tokens came from the cache."""
+
+    reused: int
+
+
 @dataclass(frozen=True)
 class TextDelta:
     """New text of choice `index`, already cut at stop strings and held back where needed."""
@@ -50,9 +65,11 @@ class ChoiceFinished:
 
 @dataclass(frozen=True)
 class GenerationFailed:
-    """The engine could not finish the request; `message` says why."""
+    """The engine could not finish the request; `message` says why, `code` names the cause
+    ("queue_timeout", "shutting_down" or "decode_failed")."""
 
     message: str
+    code: str = "generation_failed"
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,7 @@ class GenerationDone:
     prompt_tokens: int
 
 
-Event = TextDelta | ChoiceFinished | GenerationFailed | GenerationDone
+Event = Started | TextDelta | ChoiceFinished | GenerationFailed | GenerationDone
 
 
 class Generation:
@@ -73,6 +90,7 @@ class Generation:
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self._first: Event | None = None  # read by `started`, handed out again by `events`
 
     @property
     def cancelled(self) -> bool:
@@ -89,10 +107,20 @@ class Generation:
         except RuntimeError:  # the request's event loop is gone: nobody is listening
             self._cancelled.set()
 
+    async def started(self) -> GenerationFailed | None:
+        """Wait until the request leaves the queue; the failure that ended it there, if any."""
+        if self._first is None:
+            self._first = await self._events.get()
+        return self._first if isinstance(self._first, GenerationFailed) else None
+
     async def events(self) -> AsyncIterator[Event]:
-        """Every event up to and including `GenerationDone`."""
+        """Every event after `Started`, up to and including `GenerationDone`."""
         while True:
-            event = await self._events.get()
-            yield event
+            if self._first is not None:
+                event, self._first = self._first, None
+            else:
+                event = await self._events.get()
+            if not isinstance(event, Started):
+                yield event
             if isinstance(event, GenerationDone):
                 return
