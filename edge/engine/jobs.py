@@ -27,8 +27,8 @@ class GenerationRequest:
     grammar: str | None = None
 
     def kv_cells(self) -> int:
-        """KV cells the request can occupy: the shared prompt once, each continuation in full."""
-        return len(self.prompt_tokens) + self.n * self.max_tokens
+        """KV cells each of its sequences can occupy: the prompt and a full continuation."""
+        return len(self.prompt_tokens) + self.max_tokens
 
 
 class QueueFull(Exception):

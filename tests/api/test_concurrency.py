@@ -42,13 +42,15 @@ def stream_pieces(client: openai.OpenAI, topic: str) -> list[str]:
 
 
 def test_eight_concurrent_streams_equal_each_run_alone(wide, wide_client):
-    alone = [stream_pieces(wide_client, topic) for topic in TOPICS]
+    # Together first, on a fresh server: the 8 prompts are read in one batch, nothing is cached.
     with ThreadPoolExecutor(len(TOPICS)) as pool:
         together = list(pool.map(lambda topic: stream_pieces(wide_client, topic), TOPICS))
+    alone = [stream_pieces(wide_client, topic) for topic in TOPICS]
     for solo, batched in zip(alone, together):
         assert len(solo) >= 16
         assert batched[:16] == solo[:16]
-        # Beyond 16 tokens too: batch composition does not change this model's arithmetic on CPU.
+        # Beyond 16 tokens too: with a KV stream per sequence the batch does not change the
+        # arithmetic (with one unified cache it did, from token 2 on: see edge/engine/engine.py).
         assert "".join(batched) == "".join(solo)
     assert metric(wide, "edge_busy_slots") == 0 and metric(wide, "edge_queue_depth") == 0
 
