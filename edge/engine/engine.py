@@ -217,9 +217,9 @@ class Engine:
         self._expire(waiting)
         while waiting:
             job = waiting[0]
-            if job.generation.cancelled or job.request.max_tokens == 0:
+            if job.request.max_tokens == 0:
                 waiting.popleft()
-                self._finish_job(job, "cancelled" if job.generation.cancelled else "length")
+                self._finish_job(job, "length")
                 continue
             prompt = job.request.prompt_tokens
             claim = self._slots.claim(prompt, job.request.n)
@@ -238,18 +238,20 @@ class Engine:
         self.metrics.busy_slots.set(self._slots.busy)
 
     def _expire(self, waiting: deque[_Job]) -> None:
-        """Fail the jobs that waited longer than the queue timeout."""
+        """Drop the waiting jobs whose client left, and fail those that waited too long."""
         limit = self.config.queue_timeout
-        if limit is None:
-            return
         now = time.monotonic()
-        for job in [job for job in waiting if now - job.submitted > limit]:
-            waiting.remove(job)
-            job.outcome = "timeout"
-            job.generation.publish(GenerationFailed(
-                f"the request waited more than {limit:g} s for a free slot; the server is busy, retry later",
-                "queue_timeout"))
-            self._finish_job(job, "cancelled")
+        for job in list(waiting):
+            if job.generation.cancelled:
+                waiting.remove(job)
+                self._finish_job(job, "cancelled")
+            elif limit is not None and now - job.submitted > limit:
+                waiting.remove(job)
+                job.outcome = "timeout"
+                job.generation.publish(GenerationFailed(
+                    f"the request waited more than {limit:g} s for a free slot; the server is busy, retry later",
+                    "queue_timeout"))
+                self._finish_job(job, "cancelled")
 
     def _step(self, active: list[_Job]) -> None:
         """One decode of every running sequence's next token plus prompt chunks, then sampling."""
