@@ -46,6 +46,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         ("--tensor-split", str, "share of the model per GPU, e.g. 3,1 (EDGE_TENSOR_SPLIT)"),
         ("--vram", float, "GB of GPU memory for --n-gpu-layers auto (EDGE_VRAM, default: what the GPU reports free)"),
         ("--parallel", int, "sequences decoded together; n=2 needs 2 (EDGE_PARALLEL, default 2)"),
+        ("--max-queue", int, "requests that may wait for a slot; more get 429 (EDGE_MAX_QUEUE, default 64)"),
+        ("--queue-timeout", float, "seconds a request may wait for a slot, 0: no limit (EDGE_QUEUE_TIMEOUT, default 600)"),
+        ("--shutdown-timeout", float, "seconds running requests get to finish on shutdown (EDGE_SHUTDOWN_TIMEOUT, default 30)"),
         ("--api-keys", str, "comma-separated keys clients must send as Bearer tokens (EDGE_API_KEYS)"),
         ("--price", float, "USD per million tokens for usage.estimated_cost (EDGE_PRICE, default: the card's)"),
         ("--log-level", str, "debug, info, warning or error (EDGE_LOG_LEVEL, default info)"),
@@ -137,7 +140,10 @@ def _serve(args: argparse.Namespace) -> int:
     served = ServedModel.load(settings)
     try:
         app = create_app(served, settings.api_key_list)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+        # On SIGTERM/Ctrl-C uvicorn stops accepting, lets running requests finish for up to
+        # shutdown_timeout seconds, then cancels the rest; closing the engine fails what still waits.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                    timeout_graceful_shutdown=settings.shutdown_timeout)
     finally:
         served.close()
     return 0

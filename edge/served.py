@@ -50,7 +50,8 @@ class ServedModel:
             log.warning("context %d is beyond the %d the model was trained on", ctx_size, model.n_ctx_train)
         config = EngineConfig(ctx_size=ctx_size, parallel=settings.parallel, threads=settings.threads,
                               cache_type_k=settings.cache_type, cache_type_v=settings.cache_type,
-                              flash_attn=settings.flash_attn)
+                              flash_attn=settings.flash_attn, max_queue=settings.max_queue,
+                              queue_timeout=settings.queue_timeout or None)
         if endpoints:
             # All layers go to the workers unless told otherwise: that is the point of --rpc.
             remote_options = replace(options, n_gpu_layers=options.n_gpu_layers or -1)

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     main_gpu: int = Field(0, ge=0)
     tensor_split: str = ""  # e.g. "3,1": share of the model per GPU
     parallel: int = Field(2, ge=1, le=64)
+    max_queue: int = Field(64, ge=0)  # requests waiting for a slot beyond which new ones get a 429
+    queue_timeout: float = Field(600.0, ge=0)  # seconds a request may wait for a slot; 0: no limit
+    shutdown_timeout: float = Field(30.0, ge=0)  # seconds running requests get to finish on SIGTERM
     api_keys: str = ""  # comma-separated; empty means no authentication
     price: float | None = Field(None, ge=0)  # USD per million tokens; overrides the card's
     log_level: str = "info"

@@ -59,3 +59,24 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self._log.close()
+
+
+def metric(server: Server, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of GET /metrics, read with Prometheus' own text parser (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (labels is None or all(sample.labels.get(k) == v for k, v in labels.items())):
+                return sample.value
+    return 0.0
+
+
+def wait_for_metric(server: Server, name: str, value: float, timeout: float = 60.0) -> None:
+    """Poll until the metric reaches `value` (a precondition of a test, not a speed check)."""
+    deadline = time.monotonic() + timeout
+    while metric(server, name) != value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} never reached {value}")
+        time.sleep(0.1)

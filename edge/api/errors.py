@@ -21,7 +21,7 @@ class EdgeError(Exception):
         self.message = message
         self.param = param
         self.code = code
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429, 503)
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from edge.api.errors import EdgeError
 from edge.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -40,6 +41,12 @@ async def get_health(layer: ServingLayer = Depends(serving_layer)) -> dict:
     return {"status": "ok", "model": layer.served.id}
 
 
+@health.get("/metrics")
+async def get_metrics(layer: ServingLayer = Depends(serving_layer)) -> Response:
+    """Prometheus text format, from the engine's own registry."""
+    return Response(layer.served.engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 @v1.get("/models")
 async def list_models(layer: ServingLayer = Depends(serving_layer)) -> dict:
     served = layer.served
@@ -48,18 +55,39 @@ async def list_models(layer: ServingLayer = Depends(serving_layer)) -> dict:
 
 
 @v1.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, layer: ServingLayer = Depends(serving_layer)):
-    return await _answer(layer, layer.prepare_chat(body), body.stream)
+async def chat_completions(request: Request, body: ChatCompletionRequest,
+                           layer: ServingLayer = Depends(serving_layer)):
+    return await _answer(request, layer, layer.prepare_chat(body), body.stream)
 
 
 @v1.post("/completions")
-async def completions(body: CompletionRequest, layer: ServingLayer = Depends(serving_layer)):
-    return await _answer(layer, layer.prepare_completion(body), body.stream)
+async def completions(request: Request, body: CompletionRequest, layer: ServingLayer = Depends(serving_layer)):
+    return await _answer(request, layer, layer.prepare_completion(body), body.stream)
 
 
-async def _answer(layer: ServingLayer, prepared: Prepared, streamed: bool):
-    generation = layer.start(prepared)
-    if streamed:
+async def _answer(request: Request, layer: ServingLayer, prepared: Prepared, streamed: bool):
+    start = asyncio.ensure_future(layer.start(prepared))
+    generation = await _unless_client_leaves(request, start)
+    if isinstance(generation, Response):
+        return generation
+    if streamed:  # from here on the streaming response notices a disconnect by itself
         return StreamingResponse(stream(layer, prepared, generation), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return await complete(layer, prepared, generation)
+    whole = asyncio.ensure_future(complete(layer, prepared, generation))
+    try:
+        return await _unless_client_leaves(request, whole)
+    finally:
+        generation.cancel()  # a no-op once finished; frees the slot when the client left
+
+
+async def _unless_client_leaves(request: Request, work: asyncio.Future):
+    """The result of `work`; if the client disconnects first, `work` is cancelled (which
+    cancels its generation), so a queued or running request stops holding the engine."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=0.5)
+        if done:
+            return work.result()
+        if await request.is_disconnected():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return Response(status_code=499)  # nobody reads it: nginx's "client closed request"

@@ -21,7 +21,9 @@ from edge.chat.grammar import UnsupportedSchema, json_grammar
 from edge.chat.tools import (
     MAX_PARALLEL_CALLS, ToolCall, ToolCallReader, ToolSpec, call_text, result_text, tools_grammar, tools_prompt,
 )
-from edge.engine.jobs import ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, TextDelta
+from edge.engine.jobs import (
+    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull, TextDelta,
+)
 from edge.engine.sampling import SamplingParams
 from edge.engine.supervised import EngineUnavailable
 from edge.served import ServedModel
@@ -144,14 +146,29 @@ class ServingLayer:
                             f"exceeds the context of {context} tokens", "max_tokens", "context_length_exceeded")
         return requested
 
-    def start(self, prepared: Prepared) -> Generation:
-        """Hand the request to the engine; errors here are still plain HTTP errors."""
+    async def start(self, prepared: Prepared) -> Generation:
+        """Hand the request to the engine and wait until it leaves the queue, so that a full
+        queue, a queue timeout or a shutdown is still a plain HTTP error, streamed or not."""
+        engine = self.served.engine
         try:
-            return self.served.engine.submit(prepared.generation, asyncio.get_running_loop())
+            generation = engine.submit(prepared.generation, asyncio.get_running_loop())
         except EngineUnavailable as error:
             raise EdgeError(503, str(error), None, "engine_unavailable", error.retry_after) from error
         except ValueError as error:
             raise EdgeError(400, str(error), None, "invalid_request") from error
+        except QueueFull as error:
+            raise EdgeError(429, f"the server is busy: {error}", None, "queue_full", error.retry_after) from error
+        try:
+            failure = await generation.started()
+        except BaseException:
+            generation.cancel()  # the client left while queued (or the server is stopping)
+            raise
+        if failure is not None:
+            if failure.code == "queue_full":  # refused by an engine in another process (--rpc)
+                raise EdgeError(429, f"the server is busy: {failure.message}", None, "queue_full", engine.retry_after())
+            retry = engine.retry_after() if failure.code in ("queue_timeout", "engine_unavailable") else None
+            raise EdgeError(503, failure.message, None, failure.code, retry)
+        return generation
 
     async def updates(self, prepared: Prepared, generation: Generation) -> AsyncIterator[ChoiceUpdate | Usage]:
         """Choice updates as the engine produces them, then the usage."""

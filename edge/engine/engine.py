@@ -1,11 +1,19 @@
 """The engine: the only code that runs llama.cpp generation.
 
-One llama context with `parallel` sequence slots and a unified KV cache lives on one thread. Each
-step of its loop puts into one batch the next token of every running sequence plus a chunk of any
-prompt still being read, decodes once, then samples every sequence that asked for logits with its
-own sampler chain. Requests join and leave between steps, so several are served at once; the two
-continuations of an n=2 request share their prompt's KV cells (the prompt is decoded once, tagged
-with both sequence ids).
+One llama context with `parallel` sequence slots lives on one thread. Each step of its loop puts
+into one batch the next token of every running sequence plus a chunk of any prompt still being
+read, decodes once, then samples every sequence that asked for logits with its own sampler
+chain. Requests join and leave between steps, so several are served at once. Slots keep their
+tokens after a request (edge/engine/slots.py): a request whose prompt starts like a slot's
+tokens, a conversation's next turn say, evaluates only the rest. An n=2 request reads its prompt
+once, into its first sequence, whose cells are then copied to the second.
+
+Each sequence has a KV stream of its own (`kv_unified` off, as llama-server by default). With
+one unified cache a sequence's cells land wherever the other requests leave room, and the
+attention's vectorized sums over the cache then group them differently: measured here, greedy
+output of 8 prompts read together left that of the same prompts read alone after 2 to 30
+tokens. Per-sequence streams put a sequence's cells where they would be alone, and batched output
+then equals solo output token for token (tests/api/test_concurrency.py).
 """
 
 from __future__ import annotations
@@ -13,20 +21,25 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import math
 import os
 import queue
 import random
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
 import llama_cpp
 
 from edge.engine.jobs import (
-    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, TextDelta,
+    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, QueueFull,
+    Started, TextDelta,
 )
 from edge.engine.llama_model import LlamaModel, ModelLoadError
+from edge.engine.metrics import EngineMetrics
 from edge.engine.sampling import SamplerChain
+from edge.engine.slots import Slot, SlotTable
 from edge.engine.stops import StopMatcher
 
 log = logging.getLogger("edge.engine")
@@ -39,12 +52,15 @@ _FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLA
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the context is sized: `ctx_size` tokens per request, `parallel` sequences at once."""
+    """How the context is sized: `ctx_size` tokens per request, `parallel` sequences at once;
+    up to `max_queue` requests wait for a slot, each at most `queue_timeout` seconds (None: no limit)."""
 
     ctx_size: int
     parallel: int = 2
     n_batch: int = 512
     threads: int | None = None
+    max_queue: int = 64
+    queue_timeout: float | None = 600.0
     cache_type_k: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention)
     cache_type_v: str = "f16"
     flash_attn: str = "auto"  # auto, on or off
@@ -54,6 +70,8 @@ class EngineConfig:
             raise ValueError(f"context size must be at least 16 tokens, got {self.ctx_size}")
         if self.parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {self.parallel}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
 
 
 def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
@@ -62,18 +80,18 @@ def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
         raise ValueError("the prompt is empty")
     if request.n > config.parallel:
         raise ValueError(f"n={request.n} needs the server started with --parallel {request.n} or more")
-    if request.kv_cells() > config.ctx_size * config.parallel:
-        raise ValueError(f"the request needs {request.kv_cells()} KV cells; the server has {config.ctx_size * config.parallel}")
+    if request.kv_cells() > config.ctx_size:
+        raise ValueError(f"the request needs {request.kv_cells()} KV cells; a sequence has {config.ctx_size}")
 
 
 class _Sequence:
-    """One continuation: its KV sequence id, sampler chain, detokenizer and stop matcher."""
+    """One continuation: its slot, sampler chain, detokenizer and stop matcher."""
 
     def __init__(self, job: _Job, index: int, sampler: SamplerChain) -> None:
         self.job = job
         self.index = index
         self.sampler = sampler
-        self.seq_id = -1
+        self.slot: Slot | None = None
         self.position = 0
         self.last_token = -1
         self.generated = 0
@@ -84,12 +102,15 @@ class _Sequence:
 
 
 class _Job:
-    """A request inside the engine: its prompt cursor and its sequences."""
+    """A request inside the engine: its prompt cursor, its sequences and its timings."""
 
     def __init__(self, generation: GenerationHandle, model: LlamaModel) -> None:
         self.generation = generation
         self.request = generation.request
         self.prompt_read = 0
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+        self.outcome: str | None = None  # "timeout" or "failed" when set; else decided at the end
         base_seed = self.request.seed if self.request.seed is not None else random.getrandbits(31)
         self.sequences: list[_Sequence] = []
         try:
@@ -108,6 +129,10 @@ class _Job:
     def live(self) -> list[_Sequence]:
         return [seq for seq in self.sequences if not seq.done]
 
+    @property
+    def slots(self) -> list[Slot]:
+        return [seq.slot for seq in self.sequences if seq.slot is not None]
+
     def close_samplers(self) -> None:
         for seq in self.sequences:
             seq.sampler.close()
@@ -119,12 +144,12 @@ class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
-        self.kv_capacity = config.ctx_size * config.parallel
+        self.metrics = EngineMetrics()
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.kv_capacity
+        params.n_ctx = config.ctx_size * config.parallel
         params.n_batch = params.n_ubatch = config.n_batch
         params.n_seq_max = config.parallel
-        params.kv_unified = True  # sequences share one cache: an n=2 prompt is stored once
+        params.kv_unified = False  # a stream per sequence: batched output equals solo output
         params.n_threads = params.n_threads_batch = config.threads or os.cpu_count() or 1
         params.no_perf = True
         params.type_k, params.type_v = _CACHE_TYPES[config.cache_type_k], _CACHE_TYPES[config.cache_type_v]
@@ -132,24 +157,51 @@ class Engine:
         self._ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not self._ctx:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._slots = SlotTable(llama_cpp.llama_get_memory(self._ctx), config.parallel)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.parallel)
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
+        # Slots asked for by requests not yet finished (the event loop adds, the engine thread
+        # subtracts), and the mean request duration that Retry-After is based on.
+        self._lock = threading.Lock()
+        self._demand = 0
+        self._mean_seconds = 1.0
         self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
         self._thread.start()
 
     ready = True  # an in-process engine is usable for as long as it exists
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Generation:
-        """Queue `request`; raises ValueError when it can never run on this engine."""
+        """Queue `request`; ValueError when it can never run here, QueueFull when too many wait."""
         generation = Generation(request, loop)
         self.enqueue(generation)
         return generation
 
     def enqueue(self, handle: GenerationHandle) -> None:
-        """Queue a request whose events go to `handle`; raises ValueError when it can never run."""
-        check_fits(handle.request, self.config)
-        self._inbox.put(_Job(handle, self.model))  # sampler and grammar errors raise here
+        """Queue a request whose events go to `handle` (a Generation, or a pipe to another process)."""
+        request = handle.request
+        check_fits(request, self.config)
+        with self._lock:
+            # Deterministic: requests beyond the slots plus the queue are refused whatever the
+            # engine thread has picked up so far.
+            if self._demand + request.n > self.config.parallel + self.config.max_queue:
+                self.metrics.requests.labels("rejected").inc()
+                raise QueueFull(f"{self.config.max_queue} requests are already waiting; retry later",
+                                self._retry_after_locked())
+            self._demand += request.n
+        try:
+            self._inbox.put(_Job(handle, self.model))  # sampler and grammar errors raise here
+        except Exception:
+            with self._lock:
+                self._demand -= request.n
+            raise
+
+    def retry_after(self) -> int:
+        """Seconds a turned-away client should wait: the recent mean request duration."""
+        with self._lock:
+            return self._retry_after_locked()
+
+    def _retry_after_locked(self) -> int:
+        return max(1, math.ceil(self._mean_seconds))
 
     def close(self) -> None:
         """Stop the loop (running requests fail with a clear message) and free the context."""
@@ -166,10 +218,11 @@ class Engine:
     def _run(self) -> None:
         waiting: deque[_Job] = deque()
         active: list[_Job] = []
-        free_ids = list(range(self.config.parallel))
         while True:
             try:
-                incoming = self._inbox.get(block=not (waiting or active))
+                # Block only when idle; with requests waiting, wake up now and then to time them out.
+                timeout = None if not waiting else 0.2
+                incoming = self._inbox.get(block=not active, timeout=timeout)
                 while True:
                     if incoming is None:
                         self._shut_down([*waiting, *active])
@@ -178,39 +231,63 @@ class Engine:
                     incoming = self._inbox.get_nowait()
             except queue.Empty:
                 pass
-            self._admit(waiting, active, free_ids)
+            self._admit(waiting, active)
             if active:
-                self._step(active, free_ids)
+                self._step(active)
 
-    def _admit(self, waiting: deque[_Job], active: list[_Job], free_ids: list[int]) -> None:
-        """Move waiting jobs, oldest first, into the batch while slots and KV cells allow."""
-        cells_in_use = sum(job.request.kv_cells() for job in active)
+    def _admit(self, waiting: deque[_Job], active: list[_Job]) -> None:
+        """Move waiting jobs, oldest first, into the batch while slots are free."""
+        self._expire(waiting)
         while waiting:
             job = waiting[0]
-            if job.generation.cancelled or job.request.max_tokens == 0:
+            if job.request.max_tokens == 0:
                 waiting.popleft()
-                self._finish_job(job, "cancelled" if job.generation.cancelled else "length", free_ids)
+                self._finish_job(job, "length")
                 continue
-            if job.request.n > len(free_ids) or cells_in_use + job.request.kv_cells() > self.kv_capacity:
-                return
+            prompt = job.request.prompt_tokens
+            claim = self._slots.claim(prompt, job.request.n)
+            if claim is None:
+                break
             waiting.popleft()
-            for seq in job.sequences:
-                seq.seq_id = free_ids.pop()
-                seq.position = len(job.request.prompt_tokens)
-            cells_in_use += job.request.kv_cells()
+            for seq, slot in zip(job.sequences, claim.slots):
+                seq.slot = slot
+                seq.position = len(prompt)
+            job.prompt_read = claim.reused
             active.append(job)
+            self.metrics.prompt_tokens.inc(len(prompt))
+            self.metrics.prefix_hit_tokens.inc(claim.reused)
+            job.generation.publish(Started(claim.reused))
+        self.metrics.queue_depth.set(len(waiting))
+        self.metrics.busy_slots.set(self._slots.busy)
 
-    def _step(self, active: list[_Job], free_ids: list[int]) -> None:
+    def _expire(self, waiting: deque[_Job]) -> None:
+        """Drop the waiting jobs whose client left, and fail those that waited too long."""
+        limit = self.config.queue_timeout
+        now = time.monotonic()
+        for job in list(waiting):
+            if job.generation.cancelled:
+                waiting.remove(job)
+                self._finish_job(job, "cancelled")
+            elif limit is not None and now - job.submitted > limit:
+                waiting.remove(job)
+                job.outcome = "timeout"
+                job.generation.publish(GenerationFailed(
+                    f"the request waited more than {limit:g} s for a free slot; the server is busy, retry later",
+                    "queue_timeout"))
+                self._finish_job(job, "cancelled")
+
+    def _step(self, active: list[_Job]) -> None:
         """One decode of every running sequence's next token plus prompt chunks, then sampling."""
         for job in [job for job in active if job.generation.cancelled]:
             active.remove(job)
-            self._finish_job(job, "cancelled", free_ids)
+            self._finish_job(job, "cancelled")
         readers: list[tuple[int, list[_Sequence]]] = []
         batch = _BatchWriter(self._batch, self.config.n_batch)
         for job in active:
             if job.prefilled:
                 for seq in job.live:
-                    readers.append((batch.add(seq.last_token, seq.position, [seq.seq_id], True), [seq]))
+                    readers.append((batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True), [seq]))
+                    self._slots.record(seq.slot, seq.last_token)
                     seq.position += 1
         for job in active:
             if not job.prefilled and batch.room:
@@ -223,39 +300,49 @@ class Engine:
         if status != 0:
             log.error("llama_decode failed with status %d", status)
             for job in list(active):
-                job.generation.publish(GenerationFailed(f"llama.cpp decode failed (status {status})"))
+                job.outcome = "failed"
+                job.generation.publish(GenerationFailed(f"llama.cpp decode failed (status {status})", "decode_failed"))
                 active.remove(job)
-                self._finish_job(job, "cancelled", free_ids)
+                self._finish_job(job, "cancelled")
             return
         for output_index, sequences in readers:
             for seq in sequences:
+                if seq.slot is not sequences[0].slot:  # n=2, prompt just read: the second gets a copy
+                    self._slots.copy(sequences[0].slot, seq.slot)
                 self._accept(seq, seq.sampler.sample(self._ctx, output_index))
         for job in [job for job in active if not job.live]:
             active.remove(job)
-            self._finish_job(job, "stop", free_ids)
+            self._finish_job(job, "stop")
 
     def _add_prompt_chunk(self, batch: _BatchWriter, job: _Job) -> int:
+        """Prompt tokens into the first sequence only (streams cannot share a token)."""
         prompt = job.request.prompt_tokens
-        seq_ids = [seq.seq_id for seq in job.sequences]
+        slot = job.sequences[0].slot
         index = -1
         for position in range(job.prompt_read, min(len(prompt), job.prompt_read + batch.room)):
-            index = batch.add(prompt[position], position, seq_ids, position == len(prompt) - 1)
+            index = batch.add(prompt[position], position, [slot.seq_id], position == len(prompt) - 1)
+            self._slots.record(slot, prompt[position])
             job.prompt_read = position + 1
         return index
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         """Turn a sampled token into released text, and decide whether the sequence ends."""
+        job = seq.job
+        if job.first_token_at is None:
+            job.first_token_at = time.monotonic()
+            self.metrics.ttft.observe(job.first_token_at - job.submitted)
         if self.model.is_eog(token):
             self._finish_sequence(seq, "stop")
             return
         seq.generated += 1
+        self.metrics.completion_tokens.inc()
         seq.last_token = token
         released = seq.matcher.feed(seq.decoder.decode(self.model.piece(token)))
         if released:
-            seq.job.generation.publish(TextDelta(seq.index, released))
+            job.generation.publish(TextDelta(seq.index, released))
         if seq.matcher.stopped:
             self._finish_sequence(seq, "stop")
-        elif seq.generated >= seq.job.request.max_tokens:
+        elif seq.generated >= job.request.max_tokens:
             self._finish_sequence(seq, "length")
 
     def _finish_sequence(self, seq: _Sequence, reason: str) -> None:
@@ -267,22 +354,33 @@ class Engine:
             seq.job.generation.publish(TextDelta(seq.index, tail))
         seq.job.generation.publish(ChoiceFinished(seq.index, reason, seq.generated))
 
-    def _finish_job(self, job: _Job, reason: str, free_ids: list[int]) -> None:
-        """End every live sequence with `reason`, free its KV cells and slot, close the stream."""
+    def _finish_job(self, job: _Job, reason: str) -> None:
+        """End every live sequence with `reason`, release its slots, close the stream, count it."""
         for seq in job.live:
             self._finish_sequence(seq, reason)
-        for seq in job.sequences:
-            if seq.seq_id >= 0:
-                llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-                free_ids.append(seq.seq_id)
-                seq.seq_id = -1
+        # A failed decode leaves the cache's content for these slots uncertain: forget it.
+        self._slots.release(job.slots, keep=job.outcome != "failed")
         job.close_samplers()
+        # Counted before GenerationDone goes out: the API cancels every generation once it is done.
+        self._account(job, job.outcome or ("cancelled" if reason == "cancelled" else "completed"))
         job.generation.publish(GenerationDone(len(job.request.prompt_tokens)))
+
+    def _account(self, job: _Job, outcome: str) -> None:
+        now = time.monotonic()
+        self.metrics.requests.labels(outcome).inc()
+        generated = sum(seq.generated for seq in job.sequences)
+        if job.first_token_at is not None and generated > 1 and now > job.first_token_at:
+            self.metrics.decode_rate.observe((generated - 1) / (now - job.first_token_at))
+        self.metrics.busy_slots.set(self._slots.busy)
+        with self._lock:
+            self._demand -= job.request.n
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (now - job.submitted)
 
     def _shut_down(self, jobs: list[_Job]) -> None:
         for job in jobs:
-            job.generation.publish(GenerationFailed("the server is shutting down"))
-            self._finish_job(job, "cancelled", [])
+            job.outcome = "failed"
+            job.generation.publish(GenerationFailed("the server is shutting down", "shutting_down"))
+            self._finish_job(job, "cancelled")
 
 
 class _BatchWriter:

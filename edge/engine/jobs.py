@@ -28,8 +28,23 @@ class GenerationRequest:
     grammar: str | None = None
 
     def kv_cells(self) -> int:
-        """KV cells the request can occupy: the shared prompt once, each continuation in full."""
-        return len(self.prompt_tokens) + self.n * self.max_tokens
+        """KV cells each of its sequences can occupy: the prompt and a full continuation."""
+        return len(self.prompt_tokens) + self.max_tokens
+
+
+class QueueFull(Exception):
+    """The server has as many requests waiting as it accepts; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Started:
+    """The request left the queue and holds its slots; `reused` prompt tokens came from the cache."""
+
+    reused: int
 
 
 @dataclass(frozen=True)
@@ -51,9 +66,11 @@ class ChoiceFinished:
 
 @dataclass(frozen=True)
 class GenerationFailed:
-    """The engine could not finish the request; `message` says why."""
+    """The engine could not finish the request; `message` says why, `code` names the cause
+    ("queue_timeout", "shutting_down" or "decode_failed")."""
 
     message: str
+    code: str = "generation_failed"
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,7 @@ class GenerationDone:
     prompt_tokens: int
 
 
-Event = TextDelta | ChoiceFinished | GenerationFailed | GenerationDone
+Event = Started | TextDelta | ChoiceFinished | GenerationFailed | GenerationDone
 
 
 class GenerationHandle(Protocol):
@@ -85,6 +102,7 @@ class Generation:
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self._first: Event | None = None  # read by `started`, handed out again by `events`
 
     @property
     def cancelled(self) -> bool:
@@ -101,10 +119,20 @@ class Generation:
         except RuntimeError:  # the request's event loop is gone: nobody is listening
             self._cancelled.set()
 
+    async def started(self) -> GenerationFailed | None:
+        """Wait until the request leaves the queue; the failure that ended it there, if any."""
+        if self._first is None:
+            self._first = await self._events.get()
+        return self._first if isinstance(self._first, GenerationFailed) else None
+
     async def events(self) -> AsyncIterator[Event]:
-        """Every event up to and including `GenerationDone`."""
+        """Every event after `Started`, up to and including `GenerationDone`."""
         while True:
-            event = await self._events.get()
-            yield event
+            if self._first is not None:
+                event, self._first = self._first, None
+            else:
+                event = await self._events.get()
+            if not isinstance(event, Started):
+                yield event
             if isinstance(event, GenerationDone):
                 return

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from edge.engine.engine import Engine, EngineConfig, check_fits
 from edge.engine.llama_model import LlamaModel, LoadOptions
-from edge.engine.jobs import Event, Generation, GenerationDone, GenerationFailed, GenerationRequest
+from edge.engine.jobs import Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull
+from edge.engine.metrics import EngineMetrics
 
 log = logging.getLogger("edge.supervisor")
 
@@ -53,6 +54,9 @@ class SupervisedEngine:
 
     def __init__(self, spec: ChildSpec) -> None:
         self.config = spec.config
+        # The engine's own metrics live in the child; this registry only counts what is decided
+        # here: requests refused while the child restarts.
+        self.metrics = EngineMetrics()
         self._spec = spec
         self._context = multiprocessing.get_context("spawn")  # no fork of a process running threads
         self._pending: dict[int, Generation] = {}
@@ -77,11 +81,15 @@ class SupervisedEngine:
         generation = Generation(request, loop)
         with self._lock:
             if not self._ready.is_set() or self._conn is None:
+                self.metrics.requests.labels("rejected").inc()
                 raise EngineUnavailable("the model is loading or its RPC workers are unreachable; retry shortly")
             request_id = next(self._ids)
             self._pending[request_id] = generation
             self._conn.send(("submit", request_id, request))
         return generation
+
+    def retry_after(self) -> int:
+        return RETRY_AFTER_SECONDS
 
     def close(self) -> None:
         self._closing.set()
@@ -154,7 +162,7 @@ class SupervisedEngine:
             pending, self._pending = self._pending, {}
             self._cancel_sent.clear()
         for generation in pending.values():
-            generation.publish(GenerationFailed(message))
+            generation.publish(GenerationFailed(message, "engine_unavailable"))
             generation.publish(GenerationDone(len(generation.request.prompt_tokens)))
 
 
@@ -219,7 +227,7 @@ def _child_main(spec: ChildSpec, conn: Connection) -> None:
                 handles[request_id] = handle
             try:
                 engine.enqueue(handle)
-            except ValueError as error:
-                handle.publish(GenerationFailed(str(error)))
+            except (ValueError, QueueFull) as error:
+                handle.publish(GenerationFailed(str(error), "queue_full" if isinstance(error, QueueFull) else "invalid"))
                 handle.publish(GenerationDone(len(request.prompt_tokens)))
     engine.close()

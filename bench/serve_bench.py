@@ -1,0 +1,216 @@
+"""Serving benchmark: edge against llama.cpp's llama-server and llama-cpp-python's server.
+
+Same GGUF (the embedded SmolLM2), slots, context per slot, threads and batch size for all three,
+started one at a time on this machine. Writes bench/reports/serve.md, serve.json and PNG plots.
+
+    make bench                       # or: .venv/bin/python bench/serve_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
+from servers import RunningServer, Settings, available  # noqa: E402
+
+from edge.cards import DEFAULT_MODELS_DIR, resolve_model  # noqa: E402
+from edge.engine.llama_model import LlamaModel  # noqa: E402
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+SERVERS = ("edge", "llama-server", "llama-cpp-python")
+COLORS = ["red", "blue", "green", "amber", "violet", "silver", "copper", "teal"]
+THINGS = ["lamp", "kettle", "violin", "compass", "ladder", "teapot", "globe", "clock"]
+
+
+def count_prompt(index: int) -> str:
+    """A raw completion prompt that this model continues at temperature 0 for as long as allowed,
+    so every server generates exactly max_tokens (no server can be asked to ignore EOS the same way)."""
+    return f"Request {index}: " + ", ".join(str(k) for k in range(1, 11)) + ","
+
+
+def complete(server: RunningServer, prompt: str, max_tokens: int, **fields) -> dict:
+    body = {"model": server.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **fields}
+    started = time.perf_counter()
+    response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=900)
+    response.raise_for_status()
+    reply = response.json()
+    return {"seconds": time.perf_counter() - started, "tokens": reply["usage"]["completion_tokens"],
+            "choices": len(reply["choices"])}
+
+
+def stream(server: RunningServer, route: str, payload: dict, max_tokens: int) -> dict:
+    """TTFT (send to first content), decode rate (tokens after the first over their time), text."""
+    body = {"model": server.model, **payload, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    started = time.perf_counter()
+    stamps, text = [], []
+    with httpx.stream("POST", f"{server.url}/v1/{route}", json=body, timeout=900) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+            content = (choice.get("delta") or {}).get("content") or choice.get("text")
+            if content:
+                stamps.append(time.perf_counter())
+                text.append(content)
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+    return {"ttft": stamps[0] - started if stamps else float("nan"), "decode_tps": decode,
+            "tokens": len(stamps), "text": "".join(text)}
+
+
+def stream_chat(server: RunningServer, messages: list[dict], max_tokens: int) -> dict:
+    return stream(server, "chat/completions", {"messages": messages}, max_tokens)
+
+
+def single_client(server: RunningServer, salt: int, runs: int, max_tokens: int) -> dict:
+    results = [stream(server, "completions", {"prompt": count_prompt(salt + i)}, max_tokens) for i in range(runs)]
+    return {"ttft_s": statistics.median(r["ttft"] for r in results),
+            "decode_tps": statistics.median(r["decode_tps"] for r in results),
+            "tokens": [r["tokens"] for r in results]}
+
+
+def concurrent_clients(server: RunningServer, salt: int, clients: int, per_client: int, max_tokens: int) -> dict:
+    def client(c: int) -> list[dict]:
+        return [complete(server, count_prompt(salt + 100 * clients + 10 * c + r), max_tokens)
+                for r in range(per_client)]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for batch in pool.map(client, range(clients)) for r in batch]
+    wall = time.perf_counter() - started
+    latencies = sorted(r["seconds"] for r in results)
+    return {"clients": clients, "requests": len(results), "tokens": sum(r["tokens"] for r in results),
+            "wall_s": wall, "aggregate_tps": sum(r["tokens"] for r in results) / wall,
+            "p50_s": _percentile(latencies, 50), "p95_s": _percentile(latencies, 95)}
+
+
+def document(seed: int, model: LlamaModel, target_tokens: int) -> tuple[str, int]:
+    """A made-up inventory of about `target_tokens` tokens, different for every seed."""
+    lines, count = [], 0
+    k = 0
+    while count < target_tokens:
+        k += 1
+        lines.append(f"Item {k + 1000 * seed} is a {COLORS[(k * 3 + seed) % 8]} {THINGS[(k + seed) % 8]} "
+                     f"kept on shelf {k % 13} of room {(k * 7 + seed) % 11}.")
+        count = len(model.tokenize("\n".join(lines), add_special=False))
+    return "\n".join(lines), count
+
+
+def conversation(server: RunningServer, model: LlamaModel, seed: int, target_tokens: int) -> dict:
+    text, size = document(seed, model, target_tokens)
+    turn = [{"role": "user", "content": f"{text}\n\nWhich room holds item {1000 * seed + 5}?"}]
+    first = stream_chat(server, turn, 32)
+    history = [*turn, {"role": "assistant", "content": first["text"]},
+               {"role": "user", "content": "And which shelf is it on?"}]
+    second = stream_chat(server, history, 32)
+    return {"document_tokens": size, "first_ttft_s": first["ttft"], "second_ttft_s": second["ttft"]}
+
+
+def n2_vs_n1(server: RunningServer, salt: int, max_tokens: int) -> dict:
+    """Greedy, so that both choices and the single one run the full max_tokens."""
+    one = complete(server, count_prompt(salt + 1), max_tokens, n=1)
+    two = complete(server, count_prompt(salt + 2), max_tokens, n=2)
+    return {"n1_s": one["seconds"], "n2_s": two["seconds"], "n1_tokens": one["tokens"], "n2_tokens": two["tokens"],
+            "n2_choices": two["choices"]}
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    rank = (len(values) - 1) * percent / 100
+    low, high = int(rank), min(int(rank) + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
+
+
+PHASES = ("single", "concurrency", "conversation", "n2")
+
+
+def run_phase(phase: str, server: RunningServer, model: LlamaModel, salt: int, quick: bool):
+    tokens = 32 if quick else 64
+    if phase == "single":
+        return single_client(server, salt, 3, tokens * 2)
+    if phase == "concurrency":
+        return [concurrent_clients(server, salt, c, 1, tokens) for c in (1, 4, 8)]
+    if phase == "conversation":
+        return conversation(server, model, salt // 10000, 1500)
+    return n2_vs_n1(server, salt, tokens)
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """Medians over the rounds, in the shape report.py reads; the rounds themselves are kept."""
+    med = statistics.median
+    single = [r["single"] for r in rounds]
+    conv = [r["conversation"] for r in rounds]
+    n2 = [r["n2"] for r in rounds]
+    concurrency = []
+    for index in range(3):
+        rows = [r["concurrency"][index] for r in rounds]
+        concurrency.append({key: med(row[key] for row in rows) for key in rows[0]})
+    first, second = med(c["first_ttft_s"] for c in conv), med(c["second_ttft_s"] for c in conv)
+    n1_s, n2_s = med(x["n1_s"] for x in n2), med(x["n2_s"] for x in n2)
+    return {"single": {"ttft_s": med(x["ttft_s"] for x in single), "decode_tps": med(x["decode_tps"] for x in single)},
+            "concurrency": concurrency,
+            "conversation": {"first_ttft_s": first, "second_ttft_s": second, "ratio": second / first},
+            "n2": {"n1_s": n1_s, "n2_s": n2_s, "ratio": n2_s / n1_s, "n2_choices": n2[0]["n2_choices"]},
+            "rounds": rounds}
+
+
+def measure_all(names: list[str], settings: Settings, model: LlamaModel, rounds: int, quick: bool) -> dict:
+    """All servers up at once (idle ones cost nothing), each phase run on each server in turn,
+    rotating the order every round, so that the machine's changing load hits all alike."""
+    servers = {}
+    try:
+        for name in names:
+            servers[name] = RunningServer(name, settings, REPORTS)
+            complete(servers[name], count_prompt(0), 8)  # warm-up: first-use allocations are not measured
+        measured = {name: [{} for _ in range(rounds)] for name in names}
+        for round_index in range(rounds):
+            order = names[round_index % len(names):] + names[:round_index % len(names)]
+            for phase_index, phase in enumerate(PHASES):
+                salt = 10000 * (round_index + 1) + 1000 * phase_index
+                for name in order:
+                    print(f"round {round_index + 1}: {phase} on {name}", file=sys.stderr)
+                    measured[name][round_index][phase] = run_phase(phase, servers[name], model, salt, quick)
+        return {name: summarize(measured[name]) for name in names}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter requests")
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="every figure is the median of this many rounds")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    args = parser.parse_args()
+    gguf, _ = resolve_model(None, DEFAULT_MODELS_DIR)
+    settings = Settings(gguf, args.parallel, 2048, args.threads)
+    REPORTS.mkdir(exist_ok=True)
+    model = LlamaModel(gguf)
+    names = [name for name in args.servers.split(",") if available(name)]
+    for name in set(args.servers.split(",")) - set(names):
+        print(f"skipping {name}: not built (make bench-tools)", file=sys.stderr)
+    load = {"before": _load()}
+    results = measure_all(names, settings, model, 1 if args.quick else args.rounds, args.quick)
+    load["after"] = _load()
+    (REPORTS / "serve.json").write_text(json.dumps({"settings": vars(args), "load": load, "results": results}, indent=1))
+    write_report(REPORTS, settings, results, load)
+    print(f"wrote {REPORTS / 'serve.md'}", file=sys.stderr)
+    return 0
+
+
+def _load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
