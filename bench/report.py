@@ -91,7 +91,12 @@ def write_report(out: Path, settings, results: dict, load: dict) -> None:
         f"- Model: `{settings.gguf.name}` for all three; {settings.parallel} slots of {settings.ctx_per_slot} "
         f"tokens (llama-server `-np {settings.parallel} -c {settings.parallel * settings.ctx_per_slot}`; "
         f"llama-cpp-python's server has no slots: one context of {settings.ctx_per_slot}), "
-        f"{settings.threads} threads, batch {settings.batch}, greedy unless noted. Servers run one at a time.", "",
+        f"{settings.threads} threads, batch {settings.batch}, greedy.",
+        "- Method: all three servers are up at once (an idle one costs nothing); each phase runs on each "
+        "server in turn, the order rotating every round, and every figure is the median over the rounds, "
+        "so that the machine's changing load hits all three alike. Throughput and n=2 use raw completions "
+        "of a counting prompt that this model continues at temperature 0, so every server generates "
+        "exactly max_tokens (none stops early at an end-of-sequence); the conversation uses chat.", "",
         "## Ratios (edge / other; > 1 is better for throughput, < 1 for times)", "",
         "| Figure | vs llama-server | vs llama-cpp-python | target |", "| --- | --- | --- | --- |",
         f"| single client decode tokens/s | {_ratio(results, 'llama-server', lambda r: r['single']['decode_tps'])} "

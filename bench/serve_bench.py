@@ -189,6 +189,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer and shorter requests")
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from serve.json")
     parser.add_argument("--rounds", type=int, default=3, help="every figure is the median of this many rounds")
     parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args()
@@ -196,6 +197,10 @@ def main() -> int:
     settings = Settings(gguf, args.parallel, 2048, args.threads)
     REPORTS.mkdir(exist_ok=True)
     model = LlamaModel(gguf)
+    if args.report_only:  # re-render serve.md and the plots from serve.json
+        saved = json.loads((REPORTS / "serve.json").read_text())
+        write_report(REPORTS, settings, saved["results"], saved["load"])
+        return 0
     names = [name for name in args.servers.split(",") if available(name)]
     for name in set(args.servers.split(",")) - set(names):
         print(f"skipping {name}: not built (make bench-tools)", file=sys.stderr)
