@@ -108,7 +108,7 @@ def test_shutdown_lets_a_running_stream_finish(tmp_path):
 def test_a_client_that_leaves_a_whole_response_early_frees_the_slot(one_slot):
     cancelled = metric(one_slot, "edge_requests_total", {"status": "cancelled"})
     generated = metric(one_slot, "edge_completion_tokens_total")
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+    with pytest.raises(httpx.TimeoutException):  # the client gives up and closes the connection
         httpx.post(f"{one_slot.url}/v1/completions", json={**COUNTING, "stream": False}, timeout=3)
     wait_for_metric(one_slot, "edge_busy_slots", 0)
     assert metric(one_slot, "edge_requests_total", {"status": "cancelled"}) == cancelled + 1
