@@ -21,8 +21,10 @@ from pathlib import Path
 
 import llama_cpp
 
+from edge.engine.backends import DEVICE_TYPES, ggml_library
+
 _CPU_DEVICE_TYPE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
-_ACCELERATOR_TYPES = (1, 2)  # GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU
+_ACCELERATOR_TYPES = {code for code, name in DEVICE_TYPES.items() if name in ("GPU", "IGPU")}
 
 
 class RpcUnavailable(RuntimeError):
@@ -40,33 +42,22 @@ class RemoteDevice:
 
 @cache
 def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    """The ggml core and RPC libraries shipped inside llama_cpp, with the prototypes we call."""
+    """ggml's core (declared in edge.engine.backends) and the RPC library beside it."""
     if not llama_cpp.llama_supports_rpc():
         raise RpcUnavailable("this llama-cpp-python build has no RPC backend; reinstall with `make install`")
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
-    rpc = ctypes.CDLL(str(lib_dir / "libggml-rpc.so"))
-    void_p, size_t = ctypes.c_void_p, ctypes.c_size_t
-    _prototype(ggml.ggml_backend_dev_by_type, [ctypes.c_int], void_p)
-    _prototype(ggml.ggml_backend_reg_dev_count, [void_p], size_t)
-    _prototype(ggml.ggml_backend_reg_dev_get, [void_p, size_t], void_p)
-    _prototype(ggml.ggml_backend_device_register, [void_p], None)
-    _prototype(ggml.ggml_backend_dev_name, [void_p], ctypes.c_char_p)
-    _prototype(ggml.ggml_backend_dev_count, [], size_t)
-    _prototype(ggml.ggml_backend_dev_get, [size_t], void_p)
-    _prototype(ggml.ggml_backend_dev_type, [void_p], ctypes.c_int)
-    _prototype(ggml.ggml_backend_dev_memory, [void_p, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None)
-    _prototype(rpc.ggml_backend_rpc_add_server, [ctypes.c_char_p], void_p)
-    _prototype(rpc.ggml_backend_rpc_get_device_memory,
-               [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None)
-    _prototype(rpc.ggml_backend_rpc_start_server,
-               [ctypes.c_char_p, ctypes.c_char_p, size_t, size_t, ctypes.POINTER(void_p)], None)
-    return ggml, rpc
-
-
-def _prototype(function, argtypes: list, restype) -> None:
-    function.argtypes = argtypes
-    function.restype = restype
+    rpc = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-rpc.so"))
+    size_t = ctypes.c_size_t
+    declarations = {
+        "ggml_backend_rpc_add_server": ([ctypes.c_char_p], ctypes.c_void_p),
+        "ggml_backend_rpc_get_device_memory":
+            ([ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None),
+        "ggml_backend_rpc_start_server":
+            ([ctypes.c_char_p, ctypes.c_char_p, size_t, size_t, ctypes.POINTER(ctypes.c_void_p)], None),
+    }
+    for name, (argtypes, restype) in declarations.items():
+        function = getattr(rpc, name)
+        function.argtypes, function.restype = argtypes, restype
+    return ggml_library(), rpc
 
 
 def serve_worker(host: str, port: int, threads: int, cache_dir: Path | None) -> None:

@@ -30,7 +30,7 @@ class _BuftOverride(ctypes.Structure):
 
 
 @cache
-def _ggml() -> ctypes.CDLL:
+def ggml_library() -> ctypes.CDLL:
     """The ggml library llama-cpp-python loaded; its handle also resolves ggml-base's symbols."""
     from llama_cpp._ggml import libggml  # the same copy llama.cpp itself uses: one device registry
 
@@ -49,6 +49,11 @@ def _ggml() -> ctypes.CDLL:
         "ggml_backend_reg_count": ([], ctypes.c_size_t),
         "ggml_backend_reg_get": ([ctypes.c_size_t], ctypes.c_void_p),
         "ggml_backend_reg_name": ([ctypes.c_void_p], ctypes.c_char_p),
+        # used by edge.rpc to attach remote workers' devices
+        "ggml_backend_dev_by_type": ([ctypes.c_int], ctypes.c_void_p),
+        "ggml_backend_reg_dev_count": ([ctypes.c_void_p], ctypes.c_size_t),
+        "ggml_backend_reg_dev_get": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p),
+        "ggml_backend_device_register": ([ctypes.c_void_p], None),
     }
     for name, (argtypes, restype) in declarations.items():
         function = getattr(lib, name)
@@ -69,7 +74,7 @@ class Device:
 
 def devices() -> list[Device]:
     """Every ggml device this build registered, with the memory it reports free."""
-    lib = _ggml()
+    lib = ggml_library()
     found = []
     for index in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(index)
@@ -87,13 +92,13 @@ def devices() -> list[Device]:
 
 def backends() -> list[str]:
     """Names of the registered backends (CPU, CUDA, Metal, RPC, ...)."""
-    lib = _ggml()
+    lib = ggml_library()
     return [lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)).decode() for i in range(lib.ggml_backend_reg_count())]
 
 
 def _buffer_types() -> dict[str, int]:
     """Buffer types by lower-cased name: each device's own, and its pinned host type if it has one."""
-    lib = _ggml()
+    lib = ggml_library()
     table: dict[str, int] = {}
     for index in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(index)
