@@ -94,15 +94,12 @@ class GenerationHandle(Protocol):
     def publish(self, event: Event) -> None: ...
 
 
-class Generation:
-    """The consumer side of one request: an async stream of events, and a way to cancel."""
+class Cancellable:
+    """A request's cancellation flag: set from any thread, read by the engine at each step."""
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: GenerationRequest) -> None:
         self.request = request
-        self._loop = loop
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
-        self._first: Event | None = None  # read by `started`, handed out again by `events`
 
     @property
     def cancelled(self) -> bool:
@@ -111,6 +108,16 @@ class Generation:
     def cancel(self) -> None:
         """Ask the engine to stop working on this request at its next step."""
         self._cancelled.set()
+
+
+class Generation(Cancellable):
+    """The consumer side of one request: an async stream of events, and a way to cancel."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(request)
+        self._loop = loop
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._first: Event | None = None  # read by `started`, handed out again by `events`
 
     def publish(self, event: Event) -> None:
         """Called from the engine thread."""

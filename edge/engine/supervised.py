@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edge.engine.engine import Engine, EngineConfig, check_fits
 from edge.engine.llama_model import LlamaModel, LoadOptions
-from edge.engine.jobs import Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull
+from edge.engine.jobs import Cancellable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull
 from edge.engine.metrics import EngineMetrics
 
 log = logging.getLogger("edge.supervisor")
@@ -166,24 +166,16 @@ class SupervisedEngine:
             generation.publish(GenerationDone(len(generation.request.prompt_tokens)))
 
 
-class _PipeHandle:
+class _PipeHandle(Cancellable):
     """The child's stand-in for a Generation: events go back up the pipe."""
 
     def __init__(self, request_id: int, request: GenerationRequest, conn: Connection, lock: threading.Lock,
                  registry: dict[int, _PipeHandle]) -> None:
-        self.request = request
+        super().__init__(request)
         self._id = request_id
         self._conn = conn
         self._lock = lock
         self._registry = registry
-        self._cancelled = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
 
     def publish(self, event: Event) -> None:
         with self._lock:
