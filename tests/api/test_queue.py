@@ -52,9 +52,10 @@ def test_disconnect_frees_the_slot_and_the_queued_request_starts(one_slot):
         response = queued.result()
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"]
     assert metric(one_slot, "edge_requests_total", {"status": "cancelled"}) == cancelled + 1
-    # The occupying stream stopped long before its 800 tokens: the queued request did not wait for it.
+    # The occupying stream stopped before its 800 tokens: the queued request did not wait for it.
+    # (Bounded by the count, not by a time: how far it got depends on the machine's speed.)
     occupier_tokens = metric(one_slot, "edge_completion_tokens_total") - generated - response.json()["usage"]["completion_tokens"]
-    assert 0 < occupier_tokens < COUNTING["max_tokens"] / 2
+    assert 0 < occupier_tokens < COUNTING["max_tokens"]
     assert metric(one_slot, "edge_busy_slots") == 0 and metric(one_slot, "edge_queue_depth") == 0
 
 
@@ -108,8 +109,9 @@ def test_shutdown_lets_a_running_stream_finish(tmp_path):
 def test_a_client_that_leaves_a_whole_response_early_frees_the_slot(one_slot):
     cancelled = metric(one_slot, "edge_requests_total", {"status": "cancelled"})
     generated = metric(one_slot, "edge_completion_tokens_total")
-    with pytest.raises(httpx.TimeoutException):  # the client gives up and closes the connection
-        httpx.post(f"{one_slot.url}/v1/completions", json={**COUNTING, "stream": False}, timeout=3)
+    with pytest.raises(httpx.TimeoutException):  # the client gives up after 1 s and closes the connection
+        httpx.post(f"{one_slot.url}/v1/completions", json={**COUNTING, "stream": False}, timeout=1)
     wait_for_metric(one_slot, "edge_busy_slots", 0)
     assert metric(one_slot, "edge_requests_total", {"status": "cancelled"}) == cancelled + 1
-    assert metric(one_slot, "edge_completion_tokens_total") - generated < COUNTING["max_tokens"] / 2
+    # It stopped short of its 800 tokens (a CI machine made 416 in 3 s, so no time-based bound).
+    assert 0 < metric(one_slot, "edge_completion_tokens_total") - generated < COUNTING["max_tokens"]
