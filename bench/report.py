@@ -91,7 +91,9 @@ def write_report(out: Path, settings, results: dict, load: dict) -> None:
         f"- Model: `{settings.gguf.name}` for all three; {settings.parallel} slots of {settings.ctx_per_slot} "
         f"tokens (llama-server `-np {settings.parallel} -c {settings.parallel * settings.ctx_per_slot}`; "
         f"llama-cpp-python's server has no slots: one context of {settings.ctx_per_slot}), "
-        f"{settings.threads} threads, batch {settings.batch}, greedy.",
+        f"{settings.threads} threads, batch {settings.batch}, greedy"
+        + (", every layer on the GPU." if settings.gpu_layers == -1 else
+           f", {settings.gpu_layers} layers on the GPU." if settings.gpu_layers else "."),
         "- Method: all three servers are up at once (an idle one costs nothing); each phase runs on each "
         "server in turn, the order rotating every round, and every figure is the median over the rounds, "
         "so that the machine's changing load hits all three alike. Throughput and n=2 use raw completions "

@@ -4,6 +4,9 @@ Same GGUF (the embedded SmolLM2), slots, context per slot, threads and batch siz
 started one at a time on this machine. Writes bench/reports/serve.md, serve.json and PNG plots.
 
     make bench                       # or: .venv/bin/python bench/serve_bench.py [--quick]
+
+On a GPU build, `--gpu-layers -1 --gguf FILE --reports DIR` measures the same on the GPU (a model
+other than the embedded one needs a chat template for the conversation phase).
 """
 
 from __future__ import annotations
@@ -162,13 +165,14 @@ def summarize(rounds: list[dict]) -> dict:
             "rounds": rounds}
 
 
-def measure_all(names: list[str], settings: Settings, model: LlamaModel, rounds: int, quick: bool) -> dict:
+def measure_all(names: list[str], settings: Settings, model: LlamaModel, rounds: int, quick: bool,
+                reports: Path) -> dict:
     """All servers up at once (idle ones cost nothing), each phase run on each server in turn,
     rotating the order every round, so that the machine's changing load hits all alike."""
     servers = {}
     try:
         for name in names:
-            servers[name] = RunningServer(name, settings, REPORTS)
+            servers[name] = RunningServer(name, settings, reports)
             complete(servers[name], count_prompt(0), 8)  # warm-up: first-use allocations are not measured
         measured = {name: [{} for _ in range(rounds)] for name in names}
         for round_index in range(rounds):
@@ -192,24 +196,29 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from serve.json")
     parser.add_argument("--rounds", type=int, default=3, help="every figure is the median of this many rounds")
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--gguf", type=Path, default=None, help="model file (default: the embedded model)")
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers on the GPU, -1 all (default 0)")
+    parser.add_argument("--reports", type=Path, default=REPORTS, help=f"output folder (default {REPORTS})")
     args = parser.parse_args()
-    gguf, _ = resolve_model(None, DEFAULT_MODELS_DIR)
-    settings = Settings(gguf, args.parallel, 2048, args.threads)
-    REPORTS.mkdir(exist_ok=True)
+    gguf = args.gguf or resolve_model(None, DEFAULT_MODELS_DIR)[0]
+    settings = Settings(gguf, args.parallel, 2048, args.threads, gpu_layers=args.gpu_layers)
+    reports = args.reports
+    reports.mkdir(parents=True, exist_ok=True)
     model = LlamaModel(gguf)
     if args.report_only:  # re-render serve.md and the plots from serve.json
-        saved = json.loads((REPORTS / "serve.json").read_text())
-        write_report(REPORTS, settings, saved["results"], saved["load"])
+        saved = json.loads((reports / "serve.json").read_text())
+        write_report(reports, settings, saved["results"], saved["load"])
         return 0
     names = [name for name in args.servers.split(",") if available(name)]
     for name in set(args.servers.split(",")) - set(names):
         print(f"skipping {name}: not built (make bench-tools)", file=sys.stderr)
     load = {"before": _load()}
-    results = measure_all(names, settings, model, 1 if args.quick else args.rounds, args.quick)
+    results = measure_all(names, settings, model, 1 if args.quick else args.rounds, args.quick, reports)
     load["after"] = _load()
-    (REPORTS / "serve.json").write_text(json.dumps({"settings": vars(args), "load": load, "results": results}, indent=1))
-    write_report(REPORTS, settings, results, load)
-    print(f"wrote {REPORTS / 'serve.md'}", file=sys.stderr)
+    saved_args = {**vars(args), "gguf": str(gguf), "reports": str(reports)}
+    (reports / "serve.json").write_text(json.dumps({"settings": saved_args, "load": load, "results": results}, indent=1))
+    write_report(reports, settings, results, load)
+    print(f"wrote {reports / 'serve.md'}", file=sys.stderr)
     return 0
 
 

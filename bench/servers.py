@@ -23,13 +23,14 @@ LCP_PYTHON = CACHE / "lcp-venv" / "bin" / "python"
 
 @dataclass(frozen=True)
 class Settings:
-    """What every server gets: slots, tokens per slot, threads, batch size."""
+    """What every server gets: slots, tokens per slot, threads, batch size, layers on the GPU."""
 
     gguf: Path
     parallel: int
     ctx_per_slot: int
     threads: int
     batch: int = 512
+    gpu_layers: int = 0  # -1: all (a GPU build)
 
 
 def _free_port() -> int:
@@ -43,17 +44,19 @@ def _command(name: str, settings: Settings, port: int) -> list[str]:
     if name == "edge":
         return [sys.executable, "-m", "edge.cli", "serve", "--port", str(port), "--model", str(s.gguf),
                 "--parallel", str(s.parallel), "--ctx-size", str(s.ctx_per_slot), "--threads", str(s.threads),
-                "--max-queue", "1000", "--log-level", "warning"]
+                "--max-queue", "1000", "--log-level", "warning", "--n-gpu-layers", str(s.gpu_layers)]
     if name == "llama-server":
         # -c is the total: llama-server splits it into -np slots of c/np tokens each.
         return [str(LLAMA_SERVER), "-m", str(s.gguf), "--port", str(port), "--host", "127.0.0.1",
                 "-np", str(s.parallel), "-c", str(s.ctx_per_slot * s.parallel), "-t", str(s.threads),
-                "-tb", str(s.threads), "-b", str(s.batch), "-ub", str(s.batch), "--jinja", "--no-webui"]
+                "-tb", str(s.threads), "-b", str(s.batch), "-ub", str(s.batch), "--jinja", "--no-webui",
+                "-ngl", str(s.gpu_layers)]
     if name == "llama-cpp-python":
         # One Llama object: it has no slots, so it gets one slot's context.
         return [str(LCP_PYTHON), "-m", "llama_cpp.server", "--model", str(s.gguf), "--port", str(port),
                 "--host", "127.0.0.1", "--n_ctx", str(s.ctx_per_slot), "--n_threads", str(s.threads),
-                "--n_threads_batch", str(s.threads), "--n_batch", str(s.batch), "--n_ubatch", str(s.batch)]
+                "--n_threads_batch", str(s.threads), "--n_batch", str(s.batch), "--n_ubatch", str(s.batch),
+                "--n_gpu_layers", str(s.gpu_layers)]
     raise ValueError(name)
 
 

@@ -54,8 +54,12 @@ def _vocab() -> tuple[list[bytes], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_tiny_moe(path: Path, shape: TinyMoe = TinyMoe(), seed: int = 0) -> int:
-    """Write an F32 tiny Mixtral to `path`; returns its vocabulary size."""
+def write_tiny_moe(path: Path, shape: TinyMoe = TinyMoe(), seed: int = 0, *, never_ends: bool = False,
+                   chat_template: str | None = None) -> int:
+    """Write an F32 tiny Mixtral to `path`; returns its vocabulary size.
+
+    never_ends: the output row of </s> is zero, so its logit is 0 while the largest of the others is
+    positive: greedy decoding never ends a reply early (benchmarks need replies of a fixed length)."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -79,6 +83,8 @@ def write_tiny_moe(path: Path, shape: TinyMoe = TinyMoe(), seed: int = 0) -> int
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     def weight(*numpy_shape: int) -> np.ndarray:
         return (rng.standard_normal(numpy_shape) * 0.02).astype(np.float32)
@@ -98,7 +104,10 @@ def write_tiny_moe(path: Path, shape: TinyMoe = TinyMoe(), seed: int = 0) -> int
         writer.add_tensor(f"blk.{i}.ffn_up_exps.weight", weight(e, f, h))
         writer.add_tensor(f"blk.{i}.ffn_down_exps.weight", weight(e, h, f))
     writer.add_tensor("output_norm.weight", np.ones(h, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(len(tokens), h))
+    output = weight(len(tokens), h)
+    if never_ends:
+        output[2] = 0.0
+    writer.add_tensor("output.weight", output)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
