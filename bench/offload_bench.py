@@ -4,10 +4,11 @@ versus every layer on the GPU with the experts kept in host memory (`--cpu-moe`)
 Needs a GPU build (`make install GPU=cuda`, or metal). Without --gguf it writes a synthetic
 Mixtral-shaped model (random weights, 8 experts, top-2; experts outweigh attention about 26:1, as in
 WizardLM-2-8x22B) and quantizes it to Q4_K_M, in the bench cache. --vram caps the GPU memory that
-the plan may use (default: half the file), so "does not fit" holds on any card; the last row puts
-every layer on the GPU with no cap, for reference. Writes offload.md into --reports.
+the plan may use (default: half the file plus the plan's 1 GiB driver margin), so "does not fit"
+holds on any card; the last row puts every layer on the GPU with no cap, for reference. Writes
+offload.md into --reports.
 
-    .venv/bin/python bench/offload_bench.py [--gguf FILE] [--vram GB] [--threads N]
+    .venv/bin/python bench/offload_bench.py [--gguf FILE] [--vram GB] [--threads N] [--serve-args "..."]
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import httpx
 import llama_cpp
+
+from edge.plan import Machine
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -109,12 +112,14 @@ def write_report(out: Path, gguf: Path, vram: float, threads: int, rows: list[di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", type=Path, default=None, help="model (default: the synthetic MoE)")
-    parser.add_argument("--vram", type=float, default=None, help="GB the plan may use (default: half the file)")
+    parser.add_argument("--vram", type=float, default=None,
+                        help="GB of GPU memory for the plan (default: half the file plus its driver margin)")
+    parser.add_argument("--serve-args", default="", help="more `edge serve` flags for every placement")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--reports", type=Path, default=REPO / "bench" / "reports")
     args = parser.parse_args()
     gguf = args.gguf or synthetic_model(args.threads)
-    vram = args.vram if args.vram is not None else gguf.stat().st_size / 2e9
+    vram = args.vram if args.vram is not None else (gguf.stat().st_size / 2 + Machine().gpu_margin) / 1e9
     capped = ["--n-gpu-layers", "auto", "--vram", f"{vram:.3f}"]
     placements = [("CPU only", ["--n-gpu-layers", "0"]),
                   ("Auto layers", capped),
@@ -124,7 +129,7 @@ def main() -> int:
     rows = []
     for name, flags in placements:
         print(f"measuring: {name}", file=sys.stderr)
-        rows.append(measure(gguf, name, flags, args.threads, args.reports))
+        rows.append(measure(gguf, name, [*flags, *args.serve_args.split()], args.threads, args.reports))
     write_report(args.reports, gguf, vram, args.threads, rows)
     print((args.reports / "offload.md").read_text())
     return 0

@@ -58,6 +58,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--cpu-moe", action="store_true", default=None,
                         help="keep MoE expert tensors in host memory, the rest on the GPU (EDGE_CPU_MOE)")
+    parser.add_argument("--no-repack", action="store_true", default=None,
+                        help="keep CPU weights as stored, not repacked for AMX/AVX kernels, as llama.cpp's "
+                             "--no-repack (EDGE_NO_REPACK)")
     parser.add_argument("--n-cpu-moe", type=int, default=None,
                         help="keep only the experts of the first N blocks in host memory (EDGE_N_CPU_MOE)")
 

@@ -48,5 +48,5 @@ def load_options(settings: Settings, path: Path, kv_cells: int) -> LoadOptions:
     return LoadOptions(
         n_gpu_layers=resolve_gpu_layers(settings, path, kv_cells), cpu_moe=settings.cpu_moe,
         overrides=tuple(rules), load_mode=settings.load_mode, split_mode=settings.split_mode,
-        main_gpu=settings.main_gpu, tensor_split=split,
+        main_gpu=settings.main_gpu, tensor_split=split, repack=not settings.no_repack,
     )

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     flash_attn: Literal["auto", "on", "off"] = "auto"
     load_mode: Literal["auto", "mmap", "mlock", "read"] = "auto"
+    no_repack: bool = False  # keep CPU weights as stored: no repacking into AMX/AVX-friendly layouts
     split_mode: Literal["none", "layer", "row"] = "layer"
     main_gpu: int = Field(0, ge=0)
     tensor_split: str = ""  # e.g. "3,1": share of the model per GPU

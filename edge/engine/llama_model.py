@@ -49,6 +49,7 @@ class LoadOptions:
     cpu_moe: bool = False  # keep MoE expert tensors in host memory
     overrides: tuple[tuple[str, str], ...] = ()  # (tensor-name regex, buffer type name)
     load_mode: str = "auto"
+    repack: bool = True  # llama.cpp's extra CPU buffer types (AMX, repacked Q4_0/IQ4_NL ...)
     split_mode: str = "layer"
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = field(default=())
@@ -95,6 +96,7 @@ class LlamaModel:
             devices = (ctypes.c_void_p * (len(options.devices) + 1))(*options.devices, None)
             params.devices = ctypes.cast(devices, ctypes.c_void_p)
         params.load_mode = LOAD_MODES[options.load_mode]
+        params.use_extra_bufts = options.repack
         params.split_mode = SPLIT_MODES[options.split_mode]
         params.main_gpu = options.main_gpu
         overrides = TensorOverrides(options.override_rules()) if options.override_rules() else None
