@@ -29,6 +29,7 @@ class Hyperparameters:
     n_ctx_train: int
     n_expert: int = 0
     n_expert_used: int = 0
+    tokenizer: str = "llama"  # tokenizer.ggml.model: llama (SentencePiece), gpt2 (BPE), ...
 
     @property
     def n_gqa(self) -> int:
@@ -129,6 +130,7 @@ def read_layout(path: Path) -> ModelLayout:
         n_ctx_train=int(_field(reader, f"{arch}.context_length")),
         n_expert=int(_field(reader, f"{arch}.expert_count", 0)),
         n_expert_used=int(_field(reader, f"{arch}.expert_used_count", 0)),
+        tokenizer=str(_field(reader, "tokenizer.ggml.model", "llama")),
     )
     readers = [reader] + [_reader(part) for part in _split_files(path)[1:]]
     tensors = tuple(

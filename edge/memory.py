@@ -6,6 +6,7 @@ is the peak of two phases of the worst-case batch: the per-layer phase (attentio
 scores, plus activations) and the output phase (logits for every token of the batch). The
 activation term (4 x hidden + 3 x FFN width x active experts floats per token) was checked against
 llama.cpp's "compute buffer size" lines on this CPU build for SmolLM2 and a tiny Mixtral.
+Beyond its buffers llama.cpp holds a few MiB of its own plus the vocabulary's tables (runtime_bytes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from edge.gguf_info import Hyperparameters, ModelLayout
 CACHE_TYPES = ("f16", "q8_0", "q4_0")
 KV_PAD = 256  # llama.cpp rounds the cache's cell count up to this
 DEFAULT_UBATCH = 512
+MIB = 2**20
+# Host memory llama.cpp holds outside its buffers, measured as RSS growth on this CPU build: about
+# 4 MiB whatever the model (threads, graph and tensor metadata), plus the vocabulary's tables per
+# token: 190-200 bytes for SentencePiece (32000 tokens: 6.0 MiB), 370-430 for BPE, whose merge
+# ranks double it (49152 tokens: 18.4 MiB; 128256: 52.2 MiB).
+RUNTIME_FIXED_BYTES = 4 * MIB
+VOCAB_BYTES_PER_TOKEN = {"llama": 200, "gpt2": 400}
+
+
+def runtime_bytes(h: Hyperparameters) -> int:
+    """llama.cpp's own host memory beyond weights, KV cache and compute buffers."""
+    return RUNTIME_FIXED_BYTES + h.n_vocab * VOCAB_BYTES_PER_TOKEN.get(h.tokenizer, 400)
 
 
 def cache_bytes_per_element(cache_type: str) -> float:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from edge.gguf_info import ModelLayout
 from edge.memory import (
     LayerWeights, WeightSplit, active_bytes_per_token, compute_bytes, kv_bytes, kv_bytes_per_layer,
-    output_bytes, split_weights,
+    output_bytes, runtime_bytes, split_weights,
 )
 
 GIB = 1024**3
@@ -127,7 +127,7 @@ def place(layout: ModelLayout, machine: Machine, workload: Workload, parallel: i
     # Host keeps a compute buffer too whenever any block runs there; otherwise only the outputs.
     host_compute = compute if (k <= h.n_layer or cpu_moe) else output_bytes(h, parallel)
     cpu_moe = min(cpu_moe, h.n_layer)
-    host = host_weights + host_kv + host_compute + output_bytes(h, parallel)
+    host = host_weights + host_kv + host_compute + output_bytes(h, parallel) + runtime_bytes(h)
     if machine.unified:
         fits = gpu <= machine.vram - machine.gpu_margin and gpu + host <= machine.ram - machine.ram_margin
     else:
