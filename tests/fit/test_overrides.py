@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,17 @@ def test_n_cpu_moe_keeps_only_the_first_blocks_experts(tiny_moe, caplog) -> None
     options = load_options(Settings(n_cpu_moe=1, override_tensor=r"^output\.weight=CPU"), path, 512)
     assert set(_load_and_collect(path, options, caplog)) == {
         "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight", "output.weight"}
+
+
+def _model_buffers(path, options: LoadOptions, caplog: pytest.LogCaptureFixture) -> set[str]:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="edge.llama"):
+        LlamaModel(path, options).close()
+    return {m.group(1) for m in map(re.compile(r"(\S+) model buffer size").search, caplog.messages) if m}
+
+
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(), reason="llama.cpp repacks Q4_K for AVX2 CPUs only")
+def test_no_repack_keeps_weights_as_stored(tiny_moe, caplog) -> None:
+    path = tiny_moe.quantized("Q4_K_M")
+    assert "CPU_REPACK" in _model_buffers(path, LoadOptions(), caplog)
+    assert _model_buffers(path, LoadOptions(repack=False), caplog) == {"CPU_Mapped"}
