@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
+from edge.engine.batch import BatchWriter
 from edge.engine.jobs import (
     ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, QueueFull,
     Started, TextDelta,
@@ -282,7 +283,7 @@ class Engine:
             active.remove(job)
             self._finish_job(job, "cancelled")
         readers: list[tuple[int, list[_Sequence]]] = []
-        batch = _BatchWriter(self._batch, self.config.n_batch)
+        batch = BatchWriter(self._batch, self.config.n_batch)
         for job in active:
             if job.prefilled:
                 for seq in job.live:
@@ -314,7 +315,7 @@ class Engine:
             active.remove(job)
             self._finish_job(job, "stop")
 
-    def _add_prompt_chunk(self, batch: _BatchWriter, job: _Job) -> int:
+    def _add_prompt_chunk(self, batch: BatchWriter, job: _Job) -> int:
         """Prompt tokens into the first sequence only (streams cannot share a token)."""
         prompt = job.request.prompt_tokens
         slot = job.sequences[0].slot
@@ -381,29 +382,3 @@ class Engine:
             job.outcome = "failed"
             job.generation.publish(GenerationFailed("the server is shutting down", "shutting_down"))
             self._finish_job(job, "cancelled")
-
-
-class _BatchWriter:
-    """Fills a `llama_batch` from position 0; `add` returns the token's index in the batch."""
-
-    def __init__(self, batch: llama_cpp.llama_batch, capacity: int) -> None:
-        self._batch = batch
-        self._batch.n_tokens = 0
-        self.capacity = capacity
-        self.count = 0
-
-    @property
-    def room(self) -> int:
-        return self.capacity - self.count
-
-    def add(self, token: int, position: int, seq_ids: list[int], wants_logits: bool) -> int:
-        index = self.count
-        self._batch.token[index] = token
-        self._batch.pos[index] = position
-        self._batch.n_seq_id[index] = len(seq_ids)
-        for slot, seq_id in enumerate(seq_ids):
-            self._batch.seq_id[index][slot] = seq_id
-        self._batch.logits[index] = wants_logits
-        self.count += 1
-        self._batch.n_tokens = self.count
-        return index
