@@ -42,8 +42,9 @@ async def get_health(layer: ServingLayer = Depends(serving_layer)) -> dict:
 
 
 @health.get("/metrics")
-async def get_metrics(layer: ServingLayer = Depends(serving_layer)) -> Response:
-    """Prometheus text format, from the engine's own registry."""
+def get_metrics(layer: ServingLayer = Depends(serving_layer)) -> Response:
+    """Prometheus text format, from the engine's own registry (a worker thread: with --rpc it
+    waits for the engine process's figures)."""
     return Response(layer.served.engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Outcomes a request can have, as the `status` label of edge_requests_total.
@@ -35,3 +37,21 @@ class EngineMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SupervisorMetrics:
+    """GET /metrics when the engine runs in a child process (--rpc): the child's own engine metrics
+    (`child_text`, empty while it is down) followed by what only the HTTP process knows, under names
+    of their own so that no metric family appears twice."""
+
+    def __init__(self, child_text: Callable[[], bytes]) -> None:
+        self.registry = CollectorRegistry()
+        self.unavailable = Counter("edge_requests_unavailable", "Requests refused (503) while the engine process "
+                                   "was not ready", registry=self.registry)
+        self.restarts = Counter("edge_engine_restarts", "Engine processes started again after one died",
+                                registry=self.registry)
+        self.up = Gauge("edge_engine_up", "1 while the engine process is ready, else 0", registry=self.registry)
+        self._child_text = child_text
+
+    def render(self) -> bytes:
+        return self._child_text() + generate_latest(self.registry)

@@ -24,12 +24,13 @@ from pathlib import Path
 from edge.engine.engine import Engine, EngineConfig, check_fits
 from edge.engine.llama_model import LlamaModel, LoadOptions
 from edge.engine.jobs import Cancellable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull
-from edge.engine.metrics import EngineMetrics
+from edge.engine.metrics import SupervisorMetrics
 
 log = logging.getLogger("edge.supervisor")
 
 RETRY_AFTER_SECONDS = 5
 _POLL_SECONDS = 0.05  # how often cancellations are forwarded while waiting for events
+_METRICS_TIMEOUT = 2.0  # seconds GET /metrics waits for the child's figures
 
 
 class EngineUnavailable(RuntimeError):
@@ -54,9 +55,11 @@ class SupervisedEngine:
 
     def __init__(self, spec: ChildSpec) -> None:
         self.config = spec.config
-        # The engine's own metrics live in the child; this registry only counts what is decided
-        # here: requests refused while the child restarts.
-        self.metrics = EngineMetrics()
+        # The engine's own metrics live in the child and are fetched through the pipe per scrape.
+        self.metrics = SupervisorMetrics(self._child_metrics)
+        self._metrics_lock = threading.Lock()  # one scrape at a time waits for the child's reply
+        self._metrics_reply: bytes = b""
+        self._metrics_arrived = threading.Event()
         self._spec = spec
         self._context = multiprocessing.get_context("spawn")  # no fork of a process running threads
         self._pending: dict[int, Generation] = {}
@@ -81,7 +84,7 @@ class SupervisedEngine:
         generation = Generation(request, loop)
         with self._lock:
             if not self._ready.is_set() or self._conn is None:
-                self.metrics.requests.labels("rejected").inc()
+                self.metrics.unavailable.inc()
                 raise EngineUnavailable("the model is loading or its RPC workers are unreachable; retry shortly")
             request_id = next(self._ids)
             self._pending[request_id] = generation
@@ -90,6 +93,16 @@ class SupervisedEngine:
 
     def retry_after(self) -> int:
         return RETRY_AFTER_SECONDS
+
+    def _child_metrics(self) -> bytes:
+        """The child engine's /metrics text, or nothing when it is down or does not answer in time."""
+        with self._metrics_lock:
+            self._metrics_arrived.clear()
+            with self._lock:
+                if self._conn is None:
+                    return b""
+                self._conn.send(("metrics",))
+            return self._metrics_reply if self._metrics_arrived.wait(_METRICS_TIMEOUT) else b""
 
     def close(self) -> None:
         self._closing.set()
@@ -105,7 +118,11 @@ class SupervisedEngine:
 
     def _supervise(self) -> None:
         backoff = 1.0
-        while not self._closing.is_set():
+        for attempt in itertools.count():
+            if self._closing.is_set():
+                return
+            if attempt:
+                self.metrics.restarts.inc()
             parent_end, child_end = self._context.Pipe()
             process = self._context.Process(target=_child_main, args=(self._spec, child_end), daemon=True)
             process.start()
@@ -128,15 +145,21 @@ class SupervisedEngine:
             with self._lock:
                 self._conn = conn
                 self._ready.set()
+            self.metrics.up.set(1)
             log.info("engine process ready")
             while True:
                 self._forward_cancellations(conn)
                 if conn.poll(_POLL_SECONDS):
                     request_id, event = conn.recv()
-                    self._deliver(request_id, event)
+                    if request_id == "metrics":  # the answer to _child_metrics
+                        self._metrics_reply = event
+                        self._metrics_arrived.set()
+                    else:
+                        self._deliver(request_id, event)
         except (EOFError, OSError):
             pass
         finally:
+            self.metrics.up.set(0)
             with self._lock:
                 self._ready.clear()
                 self._conn = None
@@ -207,7 +230,10 @@ def _child_main(spec: ChildSpec, conn: Connection) -> None:
             break
         if message[0] == "close":
             break
-        if message[0] == "cancel":
+        if message[0] == "metrics":
+            with send_lock:
+                conn.send(("metrics", engine.metrics.render()))
+        elif message[0] == "cancel":
             with send_lock:
                 handle = handles.get(message[1])
             if handle is not None:

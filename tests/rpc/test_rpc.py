@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import Server
+from support import Server, metric
 
 from convert.pipeline import Options, run
 from tests.conversion import fixtures
@@ -86,6 +86,10 @@ def test_split_across_two_workers_matches_one_process(mixtral, workers, tmp_path
                    tmp_path / "split.log")
     try:
         assert greedy_text(split.url) == expected and expected.strip()
+        # /metrics shows the engine process's own figures, and the HTTP process's beside them.
+        assert metric(split, "edge_requests_total", {"status": "completed"}) == 1
+        assert metric(split, "edge_completion_tokens_total") > 0
+        assert metric(split, "edge_engine_up") == 1 and metric(split, "edge_engine_restarts_total") == 0
     finally:
         split.stop()
     log = (tmp_path / "split.log").read_text()
@@ -119,6 +123,9 @@ def test_losing_a_worker_fails_the_request_then_the_service_recovers(mixtral, wo
             time.sleep(0.5)
         assert greedy_text(server.url).strip()
         assert server.process.poll() is None  # the HTTP server never died
+        assert metric(server, "edge_requests_unavailable_total") >= 1  # the 503 above
+        assert metric(server, "edge_engine_restarts_total") >= 1 and metric(server, "edge_engine_up") == 1
+        assert metric(server, "edge_requests_total", {"status": "completed"}) == 1  # the new engine process
     finally:
         server.stop()
 
