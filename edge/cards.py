@@ -54,17 +54,27 @@ def load_cards(models_dir: Path) -> dict[str, ModelCard]:
     return cards
 
 
+def find_card(spec: str, cards: dict[str, ModelCard]) -> ModelCard | None:
+    """The card named `spec` by its name or its hub id, if any."""
+    return next((card for card in cards.values() if spec in (card.name, card.hub_id)), None)
+
+
+def load_cards_if_any(models_dir: Path) -> dict[str, ModelCard]:
+    """`load_cards`, or no cards when the folder does not exist."""
+    return load_cards(models_dir) if models_dir.is_dir() else {}
+
+
 def resolve_model(spec: str | None, models_dir: Path) -> tuple[Path, ModelCard | None]:
     """The GGUF to load for `spec` (a card name, hub id, or a path), and its card if it has one."""
-    cards = load_cards(models_dir) if models_dir.is_dir() else {}
+    cards = load_cards_if_any(models_dir)
     spec = spec or EMBEDDED_MODEL
-    for card in cards.values():
-        if spec in (card.name, card.hub_id):
-            path = card.gguf_path(models_dir)
-            if not path.is_file():
-                raise CardError(f"model {card.name}: {path} does not exist yet; create it with "
-                                f"`make convert MODEL={card.hub_id} QUANT=<type>` (see README)")
-            return path, card
+    card = find_card(spec, cards)
+    if card is not None:
+        path = card.gguf_path(models_dir)
+        if not path.is_file():
+            raise CardError(f"model {card.name}: {path} does not exist yet; create it with "
+                            f"`make convert MODEL={card.hub_id} QUANT=<type>` (see README)")
+        return path, card
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" or path.exists():
         card = next((c for c in cards.values() if c.package is None and c.gguf == path.name), None)

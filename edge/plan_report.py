@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.cards import CardError, load_cards
+from edge.cards import CardError, find_card, load_cards_if_any
 from edge.gguf_info import GGUFInfoError, Hyperparameters, ModelLayout, read_layout
 from edge.memory import split_weights
 from edge.plan import GIB, Machine, Placement, Workload, place
@@ -17,8 +17,7 @@ DEFAULT_CONTEXTS = (8192, 32768)
 
 def card_layouts(spec: str, models_dir: Path, quant: str | None) -> list[ModelLayout]:
     """Layouts computed from a card's hyperparameters, one per quant (the card's list, or `quant`)."""
-    cards = load_cards(models_dir) if models_dir.is_dir() else {}
-    card = next((c for c in cards.values() if spec in (c.name, c.hub_id)), None)
+    card = find_card(spec, load_cards_if_any(models_dir))
     if card is None:
         raise CardError(f"unknown model {spec!r}: not a GGUF file and no card of that name")
     if not card.hyperparameters:
@@ -38,8 +37,7 @@ def layouts_for(spec: str, models_dir: Path, quant: str | None = None) -> list[M
         if not path.is_file():
             raise GGUFInfoError(f"no such GGUF file: {path}")
         return [read_layout(path)]
-    cards = load_cards(models_dir) if models_dir.is_dir() else {}
-    card = next((c for c in cards.values() if spec in (c.name, c.hub_id)), None)
+    card = find_card(spec, load_cards_if_any(models_dir))
     if card is not None and quant is None and card.package is None and (models_dir / card.gguf).is_file():
         return [read_layout(models_dir / card.gguf)]
     if card is not None and card.package is not None and not card.hyperparameters and quant is None:
