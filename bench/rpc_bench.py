@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,17 +18,11 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from support import Server  # noqa: E402
+from support import Server, free_port  # noqa: E402
 
 TOKENS = 128
 RUNS = 3
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # counting never stops early
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _decode_rate(url: str) -> float:
@@ -53,7 +46,7 @@ def main() -> None:
             rates[threads] = _decode_rate(alone.url)
         finally:
             alone.stop()
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     workers = [subprocess.Popen([sys.executable, "-m", "edge.cli", "worker", "--port", str(p), "--threads", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
     try:

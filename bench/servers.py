@@ -7,7 +7,6 @@ llama.cpp's llama-server and llama-cpp-python's server live in a cache outside t
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import free_port  # noqa: E402
 
 CACHE = Path(os.environ.get("EDGE_BENCH_CACHE", Path.home() / ".cache" / "edge-bench"))
 LLAMA_SERVER = CACHE / "llama-server-build" / "bin" / "llama-server"
@@ -31,12 +33,6 @@ class Settings:
     threads: int
     batch: int = 512
     gpu_layers: int = 0  # -1: all (a GPU build)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _command(name: str, settings: Settings, port: int) -> list[str]:
@@ -65,7 +61,7 @@ class RunningServer:
 
     def __init__(self, name: str, settings: Settings, log_dir: Path) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = ""
         self._log = (log_dir / f"{name}.log").open("w")

@@ -21,7 +21,8 @@ PRICED_MODEL = "smollm2-priced"
 PRICE = 0.65
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -31,7 +32,7 @@ class Server:
     """An `edge serve` child process; `url` is its base URL."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("w")
         command = [sys.executable, "-m", "edge.cli", "serve", "--port", str(self.port), "--threads", "2", *args]

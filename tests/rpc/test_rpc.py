@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import Server, metric
+from support import Server, free_port, metric
 
 from convert.pipeline import Options, run
 from tests.conversion import fixtures
@@ -45,12 +45,6 @@ class Worker:
         self._log.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mixtral(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mixtral")
@@ -60,7 +54,7 @@ def mixtral(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def workers(tmp_path) -> Iterator[list[Worker]]:
-    started = [Worker(_free_port(), tmp_path / f"worker{i}.log") for i in range(2)]
+    started = [Worker(free_port(), tmp_path / f"worker{i}.log") for i in range(2)]
     yield started
     for worker in started:
         if worker.process.poll() is None:
