@@ -21,7 +21,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from edge.engine.backends import DEVICE_TYPES, ggml_library
+from edge.engine.backends import DEVICE_TYPES, device_handles, ggml_library
 
 _CPU_DEVICE_TYPE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 _ACCELERATOR_TYPES = {code for code, name in DEVICE_TYPES.items() if name in ("GPU", "IGPU")}
@@ -91,8 +91,7 @@ def register_workers(endpoints: list[str]) -> list[RemoteDevice]:
 def local_accelerators() -> list[int]:
     """This machine's GPU devices (none on a CPU build), to use beside the remote ones."""
     ggml, _ = _libraries()
-    handles = (ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count()))
-    return [h for h in handles if ggml.ggml_backend_dev_type(h) in _ACCELERATOR_TYPES
+    return [h for h in device_handles() if ggml.ggml_backend_dev_type(h) in _ACCELERATOR_TYPES
             and not ggml.ggml_backend_dev_name(h).startswith(b"RPC")]
 
 

@@ -72,12 +72,17 @@ class Device:
     buffer_type: str
 
 
+def device_handles() -> list[int]:
+    """Every registered ggml device (ggml_backend_dev_t, valid in this process)."""
+    lib = ggml_library()
+    return [lib.ggml_backend_dev_get(index) for index in range(lib.ggml_backend_dev_count())]
+
+
 def devices() -> list[Device]:
     """Every ggml device this build registered, with the memory it reports free."""
     lib = ggml_library()
     found = []
-    for index in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(index)
+    for dev in device_handles():
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         kind = lib.ggml_backend_dev_type(dev)
@@ -100,8 +105,7 @@ def _buffer_types() -> dict[str, int]:
     """Buffer types by lower-cased name: each device's own, and its pinned host type if it has one."""
     lib = ggml_library()
     table: dict[str, int] = {}
-    for index in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(index)
+    for dev in device_handles():
         for buft in (lib.ggml_backend_dev_buffer_type(dev), lib.ggml_backend_dev_host_buffer_type(dev)):
             if buft:
                 table.setdefault(lib.ggml_backend_buft_name(buft).decode().lower(), buft)
