@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import logging
 import os
 import sys
-from pathlib import Path
-
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import ValidationError

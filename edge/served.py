@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edge.cards import ModelCard, resolve_model
 from edge.chat.template import ChatTemplate

@@ -69,7 +69,7 @@ class LlamaModel:
         llama_cpp.llama_log_set(_forward_llama_log, None)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        # Both arrays are read by llama.cpp during the load only, but are kept with the model anyway.
+        # The arrays are read by llama.cpp during the load only, but are kept with the model anyway.
         self._load_arrays = self._apply(params, options)
         self.path = path
         # The first file of a split GGUF (name-00001-of-0000N.gguf) makes llama.cpp load the rest.
@@ -99,7 +99,8 @@ class LlamaModel:
         params.use_extra_bufts = options.repack
         params.split_mode = SPLIT_MODES[options.split_mode]
         params.main_gpu = options.main_gpu
-        overrides = TensorOverrides(options.override_rules()) if options.override_rules() else None
+        rules = options.override_rules()
+        overrides = TensorOverrides(rules) if rules else None
         if overrides is not None:
             params.tensor_buft_overrides = overrides.pointer
         split = None
