@@ -61,6 +61,11 @@ class Usage:
                 "total_tokens": total, "estimated_cost": round(total * self.price_per_mtoken / 1e6, 10)}
 
 
+def _queue_full(reason: str, retry_after: int) -> EdgeError:
+    """429 for a full queue, whether this process's engine refused or one in a child process (--rpc)."""
+    return EdgeError(429, f"the server is busy: {reason}", None, "queue_full", retry_after)
+
+
 class ServingLayer:
     def __init__(self, served: ServedModel) -> None:
         self.served = served
@@ -157,7 +162,7 @@ class ServingLayer:
         except ValueError as error:
             raise EdgeError(400, str(error), None, "invalid_request") from error
         except QueueFull as error:
-            raise EdgeError(429, f"the server is busy: {error}", None, "queue_full", error.retry_after) from error
+            raise _queue_full(str(error), error.retry_after) from error
         try:
             failure = await generation.started()
         except BaseException:
@@ -165,7 +170,7 @@ class ServingLayer:
             raise
         if failure is not None:
             if failure.code == "queue_full":  # refused by an engine in another process (--rpc)
-                raise EdgeError(429, f"the server is busy: {failure.message}", None, "queue_full", engine.retry_after())
+                raise _queue_full(failure.message, engine.retry_after())
             retry = engine.retry_after() if failure.code in ("queue_timeout", "engine_unavailable") else None
             raise EdgeError(503, failure.message, None, failure.code, retry)
         return generation
