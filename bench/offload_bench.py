@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import llama_cpp
 
-from edge.plan import Machine
+from edge.plan.fit import Machine
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from convert import cli as convert_cli
 from edge.cards import DEFAULT_MODELS_DIR, CardError
 from edge.engine.backends import OverrideError
-from edge.gguf_info import GGUFInfoError
+from edge.plan.gguf_info import GGUFInfoError
 from edge.engine.llama_model import ModelLoadError
-from edge.memory import CACHE_TYPES
-from edge.plan import Machine
-from edge.quant_mix import QUANTS
+from edge.plan.memory import CACHE_TYPES
+from edge.plan.fit import Machine
+from edge.plan.quant_mix import QUANTS
 from edge.rpc import RpcUnavailable
 from edge.settings import Settings
 
@@ -51,6 +51,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         ("--price", float, "USD per million tokens for usage.estimated_cost (EDGE_PRICE, default: the card's)"),
         ("--log-level", str, "debug, info, warning or error (EDGE_LOG_LEVEL, default info)"),
         ("--rpc", str, "comma-separated host:port of `edge worker`s to spread the model over (EDGE_RPC)"),
+        ("--cpu-kernels", str, "CPU weight kernels: auto (the fastest that survives a probe on this machine), amx, "
+                               "repack or plain (EDGE_CPU_KERNELS, default auto)"),
+        ("--cache-dir", str, "where the CPU kernel probe keeps its verdicts (EDGE_CACHE_DIR, default ~/.cache/edge)"),
     ]
     for flag, kind, help_text in flags:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
@@ -58,7 +61,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep MoE expert tensors in host memory, the rest on the GPU (EDGE_CPU_MOE)")
     parser.add_argument("--no-repack", action="store_true", default=None,
                         help="keep CPU weights as stored, not repacked for AMX/AVX kernels, as llama.cpp's "
-                             "--no-repack (EDGE_NO_REPACK)")
+                             "--no-repack: the same as --cpu-kernels plain (EDGE_NO_REPACK)")
     parser.add_argument("--n-cpu-moe", type=int, default=None,
                         help="keep only the experts of the first N blocks in host memory (EDGE_N_CPU_MOE)")
 
@@ -93,7 +96,7 @@ def _int_list(text: str) -> list[int]:
 
 def _plan(args: argparse.Namespace) -> int:
     from edge.info import machine_ram
-    from edge.plan_report import DEFAULT_CONTEXTS, format_json, format_table, layouts_for, machine_from, plan_all
+    from edge.plan.report import DEFAULT_CONTEXTS, format_json, format_table, layouts_for, machine_from, plan_all
 
     for name in ("vram", "ram", "gpu_bandwidth", "ram_bandwidth"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
@@ -122,9 +125,15 @@ def _with_workers(machine: Machine, endpoints_text: str, quiet: bool) -> Machine
 
 
 def _info(args: argparse.Namespace) -> int:
+    from edge.cards import resolve_model
     from edge.info import as_json, collect, format_info
+    from edge.plan.placement import cpu_kernels
 
+    settings = Settings(**_given(args, ("model", "models_dir", "threads", "cpu_kernels", "no_repack", "cache_dir")))
+    path, _ = resolve_model(settings.model, settings.models_dir)
     info = collect()
+    kernels = cpu_kernels(settings, path)
+    info["cpu_kernels"] = {"model": str(path), "line": kernels.line(), **asdict(kernels)}
     print(as_json(info) if args.json else format_info(info))
     return 0
 
@@ -135,8 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
     from edge.api.app import create_app
     from edge.served import ServedModel
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "handler") and v is not None}
-    settings = Settings(**overrides)
+    settings = Settings(**_given(args, tuple(vars(args))))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     served = ServedModel.load(settings)
     try:
@@ -148,6 +156,12 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         served.close()
     return 0
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:
+    """The flags among `names` that were given: the rest fall through to EDGE_* variables, then defaults."""
+    return {name: value for name, value in vars(args).items()
+            if name in names and name not in ("command", "handler") and value is not None}
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -181,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(handler=_plan)
     info = commands.add_parser("info", help="what this build can do: GPU offload, devices and free memory, RPC")
     info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--model", default=None, help="the model whose CPU kernels to show (EDGE_MODEL, default: embedded)")
+    info.add_argument("--models-dir", default=None, help="folder of model cards and GGUFs (EDGE_MODELS_DIR)")
+    info.add_argument("--threads", type=int, default=None, help="CPU threads the probe uses (EDGE_THREADS, default: all)")
+    info.add_argument("--cpu-kernels", default=None, help="auto, amx, repack or plain (EDGE_CPU_KERNELS, default auto)")
+    info.add_argument("--no-repack", action="store_true", default=None, help="the same as --cpu-kernels plain")
+    info.add_argument("--cache-dir", default=None, help="the probe's cache (EDGE_CACHE_DIR, default ~/.cache/edge)")
     info.set_defaults(handler=_info)
     return parser
 

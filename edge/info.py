@@ -64,6 +64,8 @@ def format_info(info: dict[str, object]) -> str:
                      f"(buffer type {device['buffer_type']})")
     lines.append(f"RAM: {info['ram_total'] / GB:.1f} GB, {info['ram_available'] / GB:.1f} GB available")
     lines.append(f"CPU features: {info['system_info']}")
+    if "cpu_kernels" in info:
+        lines.append(info["cpu_kernels"]["line"])
     return "\n".join(lines)
 
 

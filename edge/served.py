@@ -11,7 +11,8 @@ from edge.chat.template import ChatTemplate
 from edge.engine.engine import Engine, EngineConfig
 from edge.engine.llama_model import LlamaModel
 from edge.engine.supervised import ChildSpec, SupervisedEngine
-from edge.placement import load_options
+from edge.plan.cpu_kernels import KernelChoice
+from edge.plan.placement import cpu_kernels, load_options
 from edge.settings import DEFAULT_CTX_CAP, Settings
 
 log = logging.getLogger("edge")
@@ -33,13 +34,16 @@ class ServedModel:
     ctx_size: int
     price_per_mtoken: float
     created: int
+    kernels: KernelChoice
 
     @classmethod
     def load(cls, settings: Settings) -> ServedModel:
         path, card = resolve_model(settings.model, settings.models_dir)
         # The plan for --n-gpu-layers auto needs the KV size before the model (and its context) exist.
         planned_ctx = settings.ctx_size or min(card.context_length if card else DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
-        options = load_options(settings, path, planned_ctx * settings.parallel)
+        kernels = cpu_kernels(settings, path)
+        log.info("%s", kernels.line())
+        options = load_options(settings, path, planned_ctx * settings.parallel, kernels.kernel)
         endpoints = settings.rpc_endpoints
         # Across RPC workers the weights live in a supervised child process (llama.cpp aborts
         # when a worker goes away); this process keeps only the vocabulary, for prompts.
@@ -66,7 +70,7 @@ class ServedModel:
         aliases = {served_id, path.name, path.stem} | ({card.hub_id} if card else set())
         price = settings.price if settings.price is not None else (card.price_per_mtoken if card else 0.0)
         log.info("serving %s from %s (context %d per request, %d parallel)", served_id, path, ctx_size, settings.parallel)
-        return cls(served_id, frozenset(aliases), model, engine, template, ctx_size, price, int(time.time()))
+        return cls(served_id, frozenset(aliases), model, engine, template, ctx_size, price, int(time.time()), kernels)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokens of a rendered prompt; BOS is added only if the model wants it and the text lacks it."""

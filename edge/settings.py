@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.cards import DEFAULT_MODELS_DIR
 from edge.engine.backends import parse_override
+from edge.plan.cpu_kernels import default_cache_dir, validate_choice
 
 # Default per-request context when the flag is not given: the model's own, capped, because the
 # KV cache grows with it (WizardLM-2's 64k context is 14 GiB per sequence at f16).
@@ -33,7 +34,9 @@ class Settings(BaseSettings):
     cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     flash_attn: Literal["auto", "on", "off"] = "auto"
     load_mode: Literal["auto", "mmap", "mlock", "read"] = "auto"
-    no_repack: bool = False  # keep CPU weights as stored: no repacking into AMX/AVX-friendly layouts
+    cpu_kernels: str = "auto"  # auto (probe), amx, repack or plain: edge/plan/cpu_kernels.py
+    no_repack: bool = False  # the same as cpu_kernels "plain" (llama.cpp's --no-repack)
+    cache_dir: Path = Field(default_factory=default_cache_dir)  # the CPU kernel probe's verdicts
     split_mode: Literal["none", "layer", "row"] = "layer"
     main_gpu: int = Field(0, ge=0)
     tensor_split: str = ""  # e.g. "3,1": share of the model per GPU
@@ -58,6 +61,20 @@ class Settings(BaseSettings):
         if isinstance(value, int) and value < -1:
             raise ValueError("must be -1 (all), 0 or more, or auto")
         return value
+
+    @field_validator("cpu_kernels")
+    @classmethod
+    def _kernels(cls, value: str) -> str:
+        return validate_choice(value)
+
+    @property
+    def cpu_kernels_requested(self) -> str:
+        """--cpu-kernels, with --no-repack meaning plain."""
+        if not self.no_repack:
+            return self.cpu_kernels
+        if self.cpu_kernels not in ("auto", "plain"):
+            raise ValueError(f"--no-repack means --cpu-kernels plain; it contradicts --cpu-kernels {self.cpu_kernels}")
+        return "plain"
 
     @property
     def override_rules(self) -> list[tuple[str, str]]:

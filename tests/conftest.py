@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from support import API_KEY, EMBEDDED_MODEL, PRICE, PRICED_MODEL, TEST_CTX, DEFAULT_MODELS_DIR, Server, load_cards
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every `edge serve` the tests start shares one CPU kernel cache, never the user's ~/.cache/edge."""
+    previous = os.environ.get("EDGE_CACHE_DIR")
+    os.environ["EDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("edge-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("EDGE_CACHE_DIR", None)
+    else:
+        os.environ["EDGE_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import httpx
 
-from edge.cards import EMBEDDED_MODEL, DEFAULT_MODELS_DIR, load_cards
+from edge.cards import EMBEDDED_MODEL, DEFAULT_MODELS_DIR, load_cards, resolve_model
 
 MODEL = EMBEDDED_MODEL
 TEST_CTX = 1024  # small enough that `max_tokens: null` finishes quickly
 API_KEY = "sk-test-key"
 PRICED_MODEL = "smollm2-priced"
 PRICE = 0.65
+EMBEDDED_GGUF: Path = resolve_model(None, DEFAULT_MODELS_DIR)[0]
 
 
 def free_port() -> int:

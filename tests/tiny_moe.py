@@ -15,7 +15,7 @@ import gguf
 import llama_cpp
 import numpy as np
 
-from edge.gguf_info import Hyperparameters
+from edge.plan.gguf_info import Hyperparameters
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ def ggml_library() -> ctypes.CDLL:
         "ggml_backend_reg_dev_count": ([ctypes.c_void_p], ctypes.c_size_t),
         "ggml_backend_reg_dev_get": ([ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p),
         "ggml_backend_device_register": ([ctypes.c_void_p], None),
+        # used for the CPU backend's extra buffer types (AMX, CPU_REPACK, ...)
+        "ggml_backend_dev_backend_reg": ([ctypes.c_void_p], ctypes.c_void_p),
+        "ggml_backend_reg_get_proc_address": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p),
     }
     for name, (argtypes, restype) in declarations.items():
         function = getattr(lib, name)
@@ -146,6 +149,89 @@ class TensorOverrides:
     @property
     def pointer(self) -> int:
         return ctypes.addressof(self.array)
+
+
+# ggml_backend_dev_get_extra_bufts_t: returns the CPU device's NULL-terminated list of extra buffer types.
+_GET_EXTRA_BUFTS = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _extra_buft_list() -> int:
+    """Address of the CPU backend's extra buffer type list (0 if none), which llama.cpp reads when it
+    places weights: NULL-terminated, in its order of preference."""
+    lib = ggml_library()
+    ensure_backends()
+    cpu = lib.ggml_backend_dev_by_type(0)
+    if not cpu:
+        return 0
+    address = lib.ggml_backend_reg_get_proc_address(lib.ggml_backend_dev_backend_reg(cpu), b"ggml_backend_dev_get_extra_bufts")
+    return (_GET_EXTRA_BUFTS(address)(cpu) or 0) if address else 0
+
+
+@cache
+def extra_buffer_types() -> tuple[tuple[str, int], ...]:
+    """(name, handle) of each extra CPU buffer type this build offers (AMX, CPU_REPACK, ...).
+
+    Read once per process, before `restrict_extra_buffer_types` can have shortened the list."""
+    lib = ggml_library()
+    address = _extra_buft_list()
+    if not address:
+        return ()
+    view = ctypes.cast(address, ctypes.POINTER(ctypes.c_void_p))
+    found = []
+    while view[len(found)]:
+        found.append(view[len(found)])
+    return tuple((lib.ggml_backend_buft_name(buft).decode(), buft) for buft in found)
+
+
+def restrict_extra_buffer_types(names: tuple[str, ...]) -> None:
+    """Let llama.cpp place weights only in the extra CPU buffer types named (in its own order).
+
+    llama.cpp has no parameter that leaves out one extra buffer type: with `use_extra_bufts` it tries
+    every type in the list the CPU backend returns (AMX first, then CPU_REPACK), each deciding by
+    itself which tensors it supports. That list is a plain array in the CPU backend's memory, so it is
+    rewritten here; llama.cpp reads it afresh at every model load, and the per-tensor support checks
+    stay llama.cpp's own. Call it before each load: it holds for every later load in this process.
+    """
+    offered = extra_buffer_types()
+    if not offered:
+        return
+    array = (ctypes.c_void_p * (len(offered) + 1)).from_address(_extra_buft_list())
+    kept = [handle for name, handle in offered if name in names]
+    for index in range(len(offered) + 1):
+        array[index] = kept[index] if index < len(kept) else None
+
+
+# CPU weight kernels, by the extra buffer types weights may go to. "amx": llama.cpp's default (every
+# extra type: AMX first, then CPU_REPACK's repacked layouts); "repack": all but AMX; "plain": none,
+# weights stay as stored and run through the plain CPU kernels, which every x86 CPU can run.
+CPU_KERNELS = ("amx", "repack", "plain")
+AMX_BUFFER_TYPE = "AMX"
+
+
+def kernel_buffer_types(kernel: str) -> tuple[str, ...]:
+    """The extra buffer types a CPU kernel choice lets llama.cpp use; ValueError if this build lacks it."""
+    names = tuple(name for name, _ in extra_buffer_types())
+    kept = {"amx": names, "repack": tuple(n for n in names if n != AMX_BUFFER_TYPE), "plain": ()}.get(kernel)
+    if kept is None:
+        raise ValueError(f"CPU kernels must be one of {', '.join(CPU_KERNELS)}, not {kernel!r}")
+    if kernel == "amx" and AMX_BUFFER_TYPE not in names:
+        raise ValueError("--cpu-kernels amx: this llama.cpp build has no AMX kernels (built without AMX, or the "
+                         "CPU lacks it)")
+    if kernel == "repack" and not kept:
+        raise ValueError("--cpu-kernels repack: this llama.cpp build has no repacking CPU buffer type")
+    return kept
+
+
+def offered_kernels() -> list[str]:
+    """The CPU kernel choices this build has, in CPU_KERNELS order."""
+    offered = []
+    for kernel in CPU_KERNELS:
+        try:
+            kernel_buffer_types(kernel)
+        except ValueError:
+            continue
+        offered.append(kernel)
+    return offered
 
 
 def ensure_backends() -> None:

@@ -29,3 +29,18 @@ class BatchWriter:
         self.count += 1
         self._batch.n_tokens = self.count
         return index
+
+
+def filler_tokens(vocab_size: int, count: int) -> list[int]:
+    """`count` valid token ids, not control tokens for the usual vocabularies (which start with them)."""
+    start = min(vocab_size - 1, 300)
+    return [start + i % max(1, vocab_size - start) for i in range(count)]
+
+
+def decode_prompt(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch, capacity: int,
+                  tokens: list[int], seq_id: int = 0, start: int = 0) -> int:
+    """Decode `tokens` as one batch (logits for the last only) at positions start...; llama_decode's status."""
+    writer = BatchWriter(batch, capacity)
+    for offset, token in enumerate(tokens):
+        writer.add(token, start + offset, [seq_id], offset == len(tokens) - 1)
+    return llama_cpp.llama_decode(ctx, batch)

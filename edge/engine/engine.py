@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
-from edge.engine.batch import BatchWriter
+from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
 from edge.engine.jobs import (
     ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, QueueFull,
     Started, TextDelta,
@@ -160,6 +160,7 @@ class Engine:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._slots = SlotTable(llama_cpp.llama_get_memory(self._ctx), config.parallel)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.parallel)
+        self._self_test()
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         # Slots asked for by requests not yet finished (the event loop adds, the engine thread
         # subtracts), and the mean request duration that Retry-After is based on.
@@ -168,6 +169,23 @@ class Engine:
         self._mean_seconds = 1.0
         self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
         self._thread.start()
+
+    SELF_TEST_TOKENS = 64
+
+    def _self_test(self) -> None:
+        """Decode one batch of SELF_TEST_TOKENS through the loaded kernels before serving anything.
+
+        Batched matrix products take other kernels than one-token steps (where AMX kernels fault,
+        only the batched ones do), so a broken path shows here, at start, not at a user's first prompt.
+        """
+        started = time.monotonic()
+        count = min(self.SELF_TEST_TOKENS, self.config.n_batch, self.config.ctx_size)
+        tokens = filler_tokens(llama_cpp.llama_vocab_n_tokens(self.model.vocab), count)
+        status = decode_prompt(self._ctx, self._batch, self.config.n_batch, tokens)
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), 0, -1, -1)
+        if status != 0:
+            raise ModelLoadError(f"start-up self-test: llama.cpp could not decode a {count}-token batch (status {status})")
+        log.info("start-up self-test: a %d-token batch decoded in %.0f ms", count, (time.monotonic() - started) * 1000)
 
     ready = True  # an in-process engine is usable for as long as it exists
 

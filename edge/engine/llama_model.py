@@ -12,8 +12,9 @@ from pathlib import Path
 
 import llama_cpp
 
+from edge.engine import backends
 from edge.engine.backends import TensorOverrides
-from edge.gguf_info import EXPERT_PATTERN
+from edge.plan.gguf_info import EXPERT_PATTERN
 
 log = logging.getLogger("edge.llama")
 
@@ -25,6 +26,11 @@ _GGML_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: loggi
 def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp prints hundreds of load lines to stderr; route them through logging instead.
     log.log(_GGML_LEVELS.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
+
+
+def route_llama_log() -> None:
+    """Send llama.cpp's and ggml's log lines to the `edge.llama` logger from now on."""
+    llama_cpp.llama_log_set(_forward_llama_log, None)
 
 
 class ModelLoadError(RuntimeError):
@@ -49,7 +55,9 @@ class LoadOptions:
     cpu_moe: bool = False  # keep MoE expert tensors in host memory
     overrides: tuple[tuple[str, str], ...] = ()  # (tensor-name regex, buffer type name)
     load_mode: str = "auto"
-    repack: bool = True  # llama.cpp's extra CPU buffer types (AMX, repacked Q4_0/IQ4_NL ...)
+    # CPU weight kernels (backends.CPU_KERNELS). "plain" needs no probe to be safe: llama.cpp's default
+    # ("amx") crashes on some AMX machines, so `edge serve` decides by probe (edge/plan/cpu_kernels.py).
+    cpu_kernels: str = "plain"
     split_mode: str = "layer"
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = field(default=())
@@ -66,7 +74,7 @@ class LlamaModel:
     def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        llama_cpp.llama_log_set(_forward_llama_log, None)
+        route_llama_log()
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         # The arrays are read by llama.cpp during the load only, but are kept with the model anyway.
@@ -96,7 +104,9 @@ class LlamaModel:
             devices = (ctypes.c_void_p * (len(options.devices) + 1))(*options.devices, None)
             params.devices = ctypes.cast(devices, ctypes.c_void_p)
         params.load_mode = LOAD_MODES[options.load_mode]
-        params.use_extra_bufts = options.repack
+        params.use_extra_bufts = options.cpu_kernels != "plain"
+        if params.use_extra_bufts:
+            backends.restrict_extra_buffer_types(backends.kernel_buffer_types(options.cpu_kernels))
         params.split_mode = SPLIT_MODES[options.split_mode]
         params.main_gpu = options.main_gpu
         rules = options.override_rules()

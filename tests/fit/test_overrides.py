@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.engine.backends import OverrideError, TensorOverrides, devices, parse_override
+from edge.engine.backends import OverrideError, TensorOverrides, devices, offered_kernels, parse_override
 from edge.engine.llama_model import LlamaModel, LoadOptions
 
 OVERRIDDEN = re.compile(r"tensor (\S+) \(.*\) buffer type overridden to (\S+)")
@@ -53,11 +53,11 @@ def test_devices_include_the_cpu_with_its_memory() -> None:
 
 
 def test_n_cpu_moe_keeps_only_the_first_blocks_experts(tiny_moe, caplog) -> None:
-    from edge.placement import load_options
+    from edge.plan.placement import load_options
     from edge.settings import Settings
 
     path = tiny_moe.quantized("Q4_K_M")
-    options = load_options(Settings(n_cpu_moe=1, override_tensor=r"^output\.weight=CPU"), path, 512)
+    options = load_options(Settings(n_cpu_moe=1, override_tensor=r"^output\.weight=CPU"), path, 512, "plain")
     assert set(_load_and_collect(path, options, caplog)) == {
         "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight", "output.weight"}
 
@@ -70,7 +70,13 @@ def _model_buffers(path, options: LoadOptions, caplog: pytest.LogCaptureFixture)
 
 
 @pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(), reason="llama.cpp repacks Q4_K for AVX2 CPUs only")
-def test_no_repack_keeps_weights_as_stored(tiny_moe, caplog) -> None:
+def test_cpu_kernels_pick_the_buffer_types_weights_go_to(tiny_moe, caplog) -> None:
+    # Loading only: nothing is decoded, so even AMX kernels that fault on this machine are safe here.
     path = tiny_moe.quantized("Q4_K_M")
-    assert "CPU_REPACK" in _model_buffers(path, LoadOptions(), caplog)
-    assert _model_buffers(path, LoadOptions(repack=False), caplog) == {"CPU_Mapped"}
+    assert _model_buffers(path, LoadOptions(cpu_kernels="plain"), caplog) == {"CPU_Mapped"}
+    repacked = _model_buffers(path, LoadOptions(cpu_kernels="repack"), caplog)
+    assert "CPU_REPACK" in repacked and "AMX" not in repacked
+    if "amx" in offered_kernels():
+        assert "AMX" in _model_buffers(path, LoadOptions(cpu_kernels="amx"), caplog)
+        # The restriction holds for later loads too, in whichever order they come.
+        assert "AMX" not in _model_buffers(path, LoadOptions(cpu_kernels="repack"), caplog)

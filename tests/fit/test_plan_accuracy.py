@@ -11,10 +11,10 @@ import pytest
 from tiny_moe import FTYPES
 
 from edge.cards import DEFAULT_MODELS_DIR, EMBEDDED_MODEL, load_cards
-from edge.gguf_info import read_layout
-from edge.memory import compute_bytes, kv_bytes, runtime_bytes
-from edge.plan_report import card_layouts
-from edge.quant_mix import quantized_layout
+from edge.plan.gguf_info import read_layout
+from edge.plan.memory import compute_bytes, kv_bytes, runtime_bytes
+from edge.plan.report import card_layouts
+from edge.plan.quant_mix import quantized_layout
 
 # Published WizardLM-2-8x22B GGUF sizes in GB (10^9 bytes), from FACTS.md.
 PUBLISHED_GB = {"Q2_K": 52.2, "Q3_K_M": 67.9, "IQ4_XS": 76.5, "Q4_K_M": 85.7, "Q5_K_M": 100.1,

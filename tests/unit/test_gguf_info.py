@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-from edge.gguf_info import GGUFInfoError, read_layout
+from edge.plan.gguf_info import GGUFInfoError, read_layout
 
 
 def _write(path: Path, names: list[str], with_header: bool) -> None:

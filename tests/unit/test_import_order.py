@@ -12,7 +12,7 @@ ORDER = ("import sys, {module}\n"
          "print(loaded.index('llama_cpp') < min(loaded.index(m) for m in ('gguf', 'sentencepiece') if m in loaded))")
 
 
-@pytest.mark.parametrize("module", ["edge.cli", "edge.plan", "convert.cli", "convert.pipeline"])
+@pytest.mark.parametrize("module", ["edge.cli", "edge.plan.report", "convert.cli", "convert.pipeline"])
 def test_llama_cpp_is_loaded_before_gguf(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", ORDER.format(module=module)], capture_output=True, text=True,
                             timeout=120)

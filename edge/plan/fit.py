@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from edge.gguf_info import ModelLayout
-from edge.memory import (
+from edge.plan.gguf_info import ModelLayout
+from edge.plan.memory import (
     LayerWeights, WeightSplit, active_bytes_per_token, compute_bytes, kv_bytes, kv_bytes_per_layer,
     output_bytes, runtime_bytes, split_weights,
 )

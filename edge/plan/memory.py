@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import gguf
 
-from edge.gguf_info import Hyperparameters, ModelLayout
+from edge.plan.gguf_info import Hyperparameters, ModelLayout
 
 CACHE_TYPES = ("f16", "q8_0", "q4_0")
 KV_PAD = 256  # llama.cpp rounds the cache's cell count up to this

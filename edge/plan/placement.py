@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from edge.engine import backends
 from edge.engine.llama_model import LoadOptions
-from edge.gguf_info import EXPERT_PATTERN, GGUFInfoError, read_layout
-from edge.plan import Workload, auto_gpu_layers
+from edge.plan.gguf_info import EXPERT_PATTERN, GGUFInfoError, read_layout
+from edge.plan.cpu_kernels import KernelChoice, choose
+from edge.plan.fit import Workload, auto_gpu_layers
 from edge.settings import Settings
 
 log = logging.getLogger("edge")
@@ -38,7 +40,17 @@ def resolve_gpu_layers(settings: Settings, path: Path, kv_cells: int) -> int:
     return layers
 
 
-def load_options(settings: Settings, path: Path, kv_cells: int) -> LoadOptions:
+def cpu_kernels(settings: Settings, path: Path) -> KernelChoice:
+    """--cpu-kernels resolved for the model at `path`: by probe (or its cache) unless plain."""
+    requested = settings.cpu_kernels_requested
+    try:
+        layout = read_layout(path)
+    except GGUFInfoError as error:
+        raise ValueError(f"cannot read {path} to choose CPU kernels: {error}") from error
+    return choose(requested, layout, settings.threads or os.cpu_count() or 1, settings.cache_dir)
+
+
+def load_options(settings: Settings, path: Path, kv_cells: int, kernels: str) -> LoadOptions:
     rules = list(settings.override_rules)
     if settings.n_cpu_moe and not settings.cpu_moe:
         # Experts of blocks 0..N-1 only, like llama.cpp's --n-cpu-moe.
@@ -48,5 +60,5 @@ def load_options(settings: Settings, path: Path, kv_cells: int) -> LoadOptions:
     return LoadOptions(
         n_gpu_layers=resolve_gpu_layers(settings, path, kv_cells), cpu_moe=settings.cpu_moe,
         overrides=tuple(rules), load_mode=settings.load_mode, split_mode=settings.split_mode,
-        main_gpu=settings.main_gpu, tensor_split=split, repack=not settings.no_repack,
+        main_gpu=settings.main_gpu, tensor_split=split, cpu_kernels=kernels,
     )

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from edge.cards import CardError, find_card, load_cards_if_any
-from edge.gguf_info import GGUFInfoError, Hyperparameters, ModelLayout, read_layout
-from edge.memory import split_weights
-from edge.plan import GIB, Machine, Placement, Workload, place
-from edge.quant_mix import QUANTS, quantized_layout
+from edge.plan.gguf_info import GGUFInfoError, Hyperparameters, ModelLayout, read_layout
+from edge.plan.memory import split_weights
+from edge.plan.fit import GIB, Machine, Placement, Workload, place
+from edge.plan.quant_mix import QUANTS, quantized_layout
 
 GB = 1e9
 DEFAULT_CONTEXTS = (8192, 32768)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gguf
 
-from edge.gguf_info import Hyperparameters, ModelLayout, TensorInfo
+from edge.plan.gguf_info import Hyperparameters, ModelLayout, TensorInfo
 
 # The base type of each file type, before the per-tensor rules.
 DEFAULT_TYPE = {

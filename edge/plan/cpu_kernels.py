@@ -1,0 +1,312 @@
+"""Which CPU kernels read the weights (AMX, repacked layouts or plain), chosen by a probe per machine and model.
+
+No fixed choice is safe and fast everywhere: on some AMX machines (KVM guests of Sapphire Rapids
+class Xeons) llama.cpp's AMX kernels fault on the first batched matrix product, and repacking speeds
+up Q4_0 by a third on one CPU while slowing Q4_K_M down by a quarter. So each candidate this build
+offers (backends.CPU_KERNELS) runs in a child process of its own (edge/engine/kernel_probe.py) on a
+small synthetic model with the served model's architecture and file type (convert/synthetic.py);
+a faulting kernel kills only its child. The fastest survivor by decode speed wins (see TIE for
+close calls). Trials are cached, keyed by the CPU's model and flags, the llama.cpp build, the
+model's tensor types and the thread count, so later starts pay nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gguf
+import llama_cpp
+
+from convert.synthetic import SyntheticShape, write_synthetic
+from edge.engine import backends
+from edge.engine.llama_model import route_llama_log
+from edge.plan.gguf_info import ModelLayout
+
+CHOICES = ("auto", *backends.CPU_KERNELS)
+PROBE_VERSION = 1  # bump when the probe's workload changes: older cached trials no longer compare
+PROBE_TIMEOUT = 120.0  # seconds a candidate may take to load or to run a round; a hung kernel has failed
+PROBE_ROUNDS = 5
+PROBE_WORKLOAD = (128, 32)  # prompt tokens (one batch), decode tokens (one at a time) per round
+# Decode speeds within this share of the best count as a tie, which goes to the kernel with fewer ways
+# to fail: plain, then repack, then amx (backends.CPU_KERNELS from the end).
+TIE = 0.02
+CACHE_FILE = "cpu-kernels.json"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate's probe: its speeds, or why it did not finish."""
+
+    kernel: str
+    prompt_tps: float = 0.0
+    decode_tps: float = 0.0
+    failure: str = ""  # empty when the probe ran to its end
+
+    @property
+    def ok(self) -> bool:
+        return not self.failure
+
+    def describe(self) -> str:
+        if not self.ok:
+            return f"{self.kernel} {self.failure}"
+        return f"{self.kernel} pp {self.prompt_tps:.0f} / tg {self.decode_tps:.0f} tok/s"
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The kernels a model loads with, and the evidence: the probe's trials (none for forced plain)."""
+
+    kernel: str
+    requested: str
+    trials: tuple[Trial, ...]
+    cached: bool
+    seconds: float  # what deciding cost this time
+
+    def line(self) -> str:
+        """`CPU kernels: repack (auto; probe, cached: amx crashed (SIGSEGV); repack pp 928 / tg 214 tok/s; ...)`"""
+        if not self.trials:
+            return f"CPU kernels: {self.kernel} ({self.requested}; plain kernels need no probe)"
+        source = "probe, cached" if self.cached else f"probe, {self.seconds:.1f} s"
+        return f"CPU kernels: {self.kernel} ({self.requested}; {source}: {'; '.join(t.describe() for t in self.trials)})"
+
+
+def validate_choice(value: str) -> str:
+    """`value` if it is a known --cpu-kernels choice, else ValueError."""
+    if value not in CHOICES:
+        raise ValueError(f"must be one of {', '.join(CHOICES)}, not {value!r}")
+    return value
+
+
+def choose(requested: str, layout: ModelLayout, threads: int, cache_dir: Path) -> KernelChoice:
+    """The kernels to load `layout`'s model with; ValueError when a forced choice cannot run here."""
+    validate_choice(requested)
+    started = time.monotonic()
+    if requested == "plain":
+        return KernelChoice("plain", requested, (), True, 0.0)
+    candidates = backends.offered_kernels() if requested == "auto" else [requested]
+    for kernel in candidates:
+        backends.kernel_buffer_types(kernel)  # ValueError for a forced kernel this build lacks
+    trials, cached = _trials(candidates, layout, threads, cache_dir)
+    seconds = time.monotonic() - started
+    if requested != "auto":
+        if not trials[0].ok:
+            raise ValueError(f"--cpu-kernels {requested}: its probe {trials[0].failure} on this machine; "
+                             "use auto or plain")
+        return KernelChoice(requested, requested, trials, cached, seconds)
+    survivors = [trial for trial in trials if trial.ok]
+    if not survivors:
+        raise ValueError("no CPU kernel survived its probe: " + "; ".join(t.describe() for t in trials))
+    best = pick(survivors)
+    return KernelChoice(best.kernel, requested, trials, cached, seconds)
+
+
+def pick(survivors: list[Trial]) -> Trial:
+    """The fastest decoder; among those within TIE of it, the simplest kernel."""
+    fastest = max(trial.decode_tps for trial in survivors)
+    tied = [trial for trial in survivors if trial.decode_tps >= fastest * (1 - TIE)]
+    return max(tied, key=lambda trial: backends.CPU_KERNELS.index(trial.kernel))
+
+
+def _trials(candidates: list[str], layout: ModelLayout, threads: int, cache_dir: Path) -> tuple[tuple[Trial, ...], bool]:
+    """Each candidate's trial, from the cache or probed now (all of the missing ones on one model file)."""
+    key = cache_key(layout, threads)
+    cache_path = cache_dir / CACHE_FILE
+    known = _read_cache(cache_path).get(key, {})
+    missing = [kernel for kernel in candidates if kernel not in known]
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="edge-probe-") as folder:
+            route_llama_log()  # the quantizer's per-tensor lines go to the debug log, not the console
+            model = write_synthetic(Path(folder) / "probe.gguf", probe_file_type(layout), probe_shape(layout),
+                                    threads=threads, **_edge_types(layout))
+            for trial in measure_kernels(model, missing, threads):
+                known[trial.kernel] = asdict(trial)
+        _write_cache(cache_path, key, known)
+    return tuple(Trial(**known[kernel]) for kernel in candidates), not missing
+
+
+class _ProbeChild:
+    """One candidate's child process (edge/engine/kernel_probe.py); its death is the candidate's failure."""
+
+    def __init__(self, model: Path, kernel: str, threads: int, workload: tuple[int, int], timeout: float) -> None:
+        self.kernel = kernel
+        self.timeout = timeout
+        self.failure = ""
+        self.rounds: list[dict[str, float]] = []
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: it can never fill and block
+        command = [sys.executable, "-m", "edge.engine.kernel_probe", str(model), kernel, str(threads), *map(str, workload)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self._stderr, text=True)
+        self._read()  # {"ready": true} once loaded and one batch decoded
+
+    def run_round(self) -> None:
+        if self.failure:
+            return
+        try:
+            self.process.stdin.write("round\n")
+            self.process.stdin.flush()
+        except OSError:
+            pass  # it died: _read says how
+        figures = self._read()
+        if figures:
+            self.rounds.append(figures)
+
+    def _read(self) -> dict[str, float]:
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        line = self.process.stdout.readline() if ready else None
+        if line:
+            return json.loads(line)
+        if line is None:
+            self.process.kill()
+        self.failure = self._why(line is None)
+        return {}
+
+    def _why(self, timed_out: bool) -> str:
+        code = self.process.wait()
+        if timed_out:
+            return f"timed out after {self.timeout:.0f} s"
+        if code < 0:
+            return f"crashed ({signal.Signals(-code).name})"
+        self._stderr.seek(0)
+        last = (self._stderr.read().strip().splitlines() or ["no message"])[-1]
+        return f"failed (exit {code}: {last[:200]})"
+
+    def trial(self) -> Trial:
+        if self.failure or not self.rounds:
+            return Trial(self.kernel, failure=self.failure or "measured nothing")
+        median = statistics.median
+        return Trial(self.kernel, median(r["prompt_tps"] for r in self.rounds), median(r["decode_tps"] for r in self.rounds))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._stderr.close()
+
+
+def measure_kernels(model: Path, kernels: list[str], threads: int, rounds: int = PROBE_ROUNDS,
+                    workload: tuple[int, int] = PROBE_WORKLOAD, timeout: float = PROBE_TIMEOUT) -> list[Trial]:
+    """Each kernel's median prompt and decode speed on `model` over `rounds`, the kernels taking turns
+    within each round; a kernel whose child dies or hangs gets a failed trial. Kernels may repeat."""
+    children: list[_ProbeChild] = []
+    try:
+        for kernel in kernels:  # loaded one at a time, so no load competes with another's timing
+            children.append(_ProbeChild(model, kernel, threads, workload, timeout))
+        for _ in range(rounds):
+            for child in children:
+                child.run_round()
+        return [child.trial() for child in children]
+    finally:
+        for child in children:
+            child.close()
+
+
+def probe_file_type(layout: ModelLayout) -> int:
+    """The llama.cpp file type of the model (so the probe gets the same quant mix), else of its
+    commonest weight type."""
+    names = [layout.file_type]
+    weights = [t.type for t in layout.tensors if len(t.ne) >= 2]
+    if weights:
+        common = max(set(weights), key=weights.count)
+        names += [common, f"{common}_M"]
+    for name in names:
+        for prefix in ("MOSTLY_", "ALL_"):
+            if f"{prefix}{name}" in gguf.LlamaFileType.__members__:
+                return int(gguf.LlamaFileType[f"{prefix}{name}"])
+    return int(gguf.LlamaFileType.MOSTLY_F16)
+
+
+def probe_shape(layout: ModelLayout) -> SyntheticShape:
+    """Dense or MoE, with or without an output head of its own, as the model is; the size is fixed
+    (about 45M weights: loads and runs in a second)."""
+    tied = not any(t.name == "output.weight" for t in layout.tensors)
+    if layout.hparams.n_expert:
+        return SyntheticShape(experts=4, ffn=1280, tied_output=tied)
+    return SyntheticShape(tied_output=tied)
+
+
+def _edge_types(layout: ModelLayout) -> dict[str, int]:
+    """The model's own types for token_embd and output, which the quantizer's rules would pick
+    differently for the probe's small vocabulary."""
+    types = {t.name: t.type for t in layout.tensors}
+    chosen = {"token_embd_type": types.get("token_embd.weight"), "output_type": types.get("output.weight")}
+    return {key: int(gguf.GGMLQuantizationType[name]) for key, name in chosen.items() if name}
+
+
+def cache_key(layout: ModelLayout, threads: int) -> str:
+    """What a trial's outcome depends on: this CPU, this llama.cpp build, the model's types, threads."""
+    parts = {
+        "probe": PROBE_VERSION,
+        "cpu": cpu_identity(),
+        "build": build_identity(),
+        "file_type": layout.file_type,
+        "types": sorted({t.type for t in layout.tensors}),
+        "moe": bool(layout.hparams.n_expert),
+        "threads": threads,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cpu_identity() -> dict[str, object]:
+    """The CPU's model name and feature flags (Linux's /proc/cpuinfo; elsewhere what Python knows)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return {"model": platform.processor() or platform.machine(), "flags": []}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    flags = fields.get("flags") or fields.get("Features", "")
+    return {"model": fields.get("model name", fields.get("CPU part", "")), "flags": sorted(flags.split())}
+
+
+def build_identity() -> dict[str, object]:
+    """llama-cpp-python's version, llama.cpp's compiled-in features and its library files' identity."""
+    folder = Path(llama_cpp.__file__).parent / "lib"
+    libraries = sorted(folder.glob("*ggml*")) + sorted(folder.glob("*llama*")) if folder.is_dir() else []
+    return {
+        "version": llama_cpp.__version__,
+        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace"),
+        "libraries": [(path.name, path.stat().st_size, int(path.stat().st_mtime)) for path in libraries],
+    }
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, dict]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: probe again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, key: str, trials: dict[str, dict]) -> None:
+    """Merge this model's trials into the file; written whole to a temporary name, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _read_cache(path)
+    data[key] = trials
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(partial, path)
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/edge, else ~/.cache/edge."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge"
