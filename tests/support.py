@@ -41,7 +41,7 @@ class Server:
         self.log_path = log_path
         self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 90.0) -> None:
+    def _wait_ready(self, timeout: float = 180.0) -> None:  # a first start probes CPU kernels
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -75,8 +75,11 @@ class KernelChoice:
 
     def line(self) -> str:
         """`CPU kernels: repack (auto; probe, cached: amx crashed (SIGSEGV); repack pp 928 / tg 214 tok/s; ...)`"""
-        if not self.trials:
+        if not self.trials and self.requested == "plain":
             return f"CPU kernels: {self.kernel} ({self.requested}; plain kernels need no probe)"
+        if not self.trials:
+            return (f"CPU kernels: {self.kernel} ({self.requested}; no weight type that AMX or repacking takes, "
+                    "so every choice reads the weights alike: no probe)")
         source = "probe, cached" if self.cached else f"probe, {self.seconds:.1f} s"
         return f"CPU kernels: {self.kernel} ({self.requested}; {source}: {'; '.join(t.describe() for t in self.trials)})"
 
@@ -94,6 +97,8 @@ def choose(requested: str, layout: ModelLayout, threads: int, cache_dir: Path) -
     started = time.monotonic()
     if requested == "plain":
         return KernelChoice("plain", requested, (), True, 0.0)
+    if requested == "auto" and not kernel_sensitive_types(layout):
+        return KernelChoice("plain", requested, (), True, 0.0)
     candidates = backends.offered_kernels() if requested == "auto" else [requested]
     for kernel in candidates:
         backends.kernel_buffer_types(kernel)  # ValueError for a forced kernel this build lacks
@@ -109,6 +114,17 @@ def choose(requested: str, layout: ModelLayout, threads: int, cache_dir: Path) -
         raise ValueError("no CPU kernel survived its probe: " + "; ".join(t.describe() for t in trials))
     best = pick(survivors)
     return KernelChoice(best.kernel, requested, trials, cached, seconds)
+
+
+# Weight types that AMX (amx/common.h: qtype_has_amx_kernels) or CPU_REPACK (repack.cpp:
+# ggml_repack_get_optimal_repack_type) may take, in the vendored llama.cpp. Erring on inclusion is
+# cheap (a probe that finds no difference); a type left out only forgoes a speed-up, never safety.
+KERNEL_SENSITIVE = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q2_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "MXFP4", "Q1_0"})
+
+
+def kernel_sensitive_types(layout: ModelLayout) -> set[str]:
+    """The model's weight types whose kernels the choice changes (the rest run the same everywhere)."""
+    return {t.type for t in layout.tensors if len(t.ne) >= 2} & KERNEL_SENSITIVE
 
 
 def pick(survivors: list[Trial]) -> Trial:

@@ -13,9 +13,21 @@ TEXT = ("The quick brown fox jumps over the lazy dog near 42 Main Street in 2024
 GGML_TYPE_F32 = 0
 
 
+def plain_kernels() -> None:
+    """Make llama_cpp.Llama load with plain CPU kernels, as edge's --cpu-kernels plain.
+
+    Llama() has no use_extra_bufts parameter and llama.cpp's default (AMX first) faults on some AMX
+    machines, so the CPU backend's list of extra buffer types is emptied for this process instead
+    (edge's own loads set the list they need each time)."""
+    from edge.engine.backends import restrict_extra_buffer_types
+
+    restrict_extra_buffer_types(())
+
+
 def load(path: Path, **kw):  # noqa: ANN201 - a llama_cpp.Llama
     import llama_cpp
 
+    plain_kernels()
     # f32 KV cache: llama.cpp's default f16 cache adds rounding we do not want to measure here.
     return llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, verbose=False, seed=0,
                            type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, **kw)

@@ -37,6 +37,9 @@ def test_chat_through_llama_cpp(converted):
     """The converted bf16 GGUF loads and chats with its embedded template."""
     import llama_cpp
 
+    from .llama_utils import plain_kernels
+
+    plain_kernels()
     llm = llama_cpp.Llama(str(converted("smollm2", "BF16")), n_ctx=256, n_threads=2, verbose=False, seed=0)
     out = llm.create_chat_completion([{"role": "user", "content": "Say hello."}], max_tokens=12, temperature=0)
     text = out["choices"][0]["message"]["content"]

@@ -86,6 +86,16 @@ def test_forced_plain_needs_no_probe(layout, tmp_path) -> None:
     assert not (tmp_path / CACHE_FILE).exists()
 
 
+def test_a_model_without_kernel_sensitive_weights_is_not_probed(layout, tmp_path) -> None:
+    from dataclasses import replace
+
+    as_f16 = replace(layout, file_type="F16",
+                     tensors=tuple(replace(t, type="F16") if len(t.ne) >= 2 else t for t in layout.tensors))
+    choice = choose("auto", as_f16, THREADS, tmp_path)
+    assert choice.kernel == "plain" and choice.trials == () and "no probe" in choice.line()
+    assert not (tmp_path / CACHE_FILE).exists()
+
+
 def test_the_verdict_is_kept_per_thread_count_and_tensor_types(layout) -> None:
     from dataclasses import replace
 
