@@ -28,7 +28,7 @@ import llama_cpp
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
 from edge.engine.backends import offered_kernels
 from edge.plan.cpu_kernels import Trial, choose, cpu_identity, measure_kernels
-from edge.plan.gguf_info import read_layout
+from edge.plan.gguf_info import weight_types
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 CACHE = Path(os.environ.get("EDGE_BENCH_CACHE", Path.home() / ".cache" / "edge-bench")) / "cpu-kernels"
@@ -57,11 +57,11 @@ def models() -> dict[str, Path]:
 
 
 def measure(path: Path, threads: int, rounds: int, workload: tuple[int, int]) -> dict:
-    layout = read_layout(path)
+    model = weight_types(path)
     with tempfile.TemporaryDirectory() as cache:
-        cold = choose("auto", layout, threads, Path(cache))
+        cold = choose("auto", model, threads, Path(cache))
         warm_started = time.monotonic()
-        warm = choose("auto", layout, threads, Path(cache))
+        warm = choose("auto", model, threads, Path(cache))
         warm_seconds = time.monotonic() - warm_started
     assert warm.cached and warm.kernel == cold.kernel
     forced = offered_kernels()

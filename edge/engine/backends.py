@@ -29,6 +29,38 @@ class _BuftOverride(ctypes.Structure):
     _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
+class _GgufInitParams(ctypes.Structure):
+    # struct gguf_init_params { bool no_alloc; struct ggml_context ** ctx; }
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+GGUF_TYPE_UINT32, GGUF_TYPE_STRING = 4, 8  # enum gguf_type
+
+
+def gguf_header(path: str, keys: tuple[str, ...]) -> tuple[dict[str, int | str], list[tuple[str, str]]]:
+    """The u32/string values of `keys` that the GGUF file has, and (name, ggml type name) of each tensor.
+
+    Reads the header only (no tensor data); ValueError when llama.cpp cannot parse it."""
+    lib = ggml_library()
+    ctx = lib.gguf_init_from_file(path.encode(), _GgufInitParams(True, None))
+    if not ctx:
+        raise ValueError(f"{path} is not a readable GGUF file")
+    try:
+        values: dict[str, int | str] = {}
+        for key in keys:
+            key_id = lib.gguf_find_key(ctx, key.encode())
+            kind = lib.gguf_get_kv_type(ctx, key_id) if key_id >= 0 else -1
+            if kind == GGUF_TYPE_UINT32:
+                values[key] = lib.gguf_get_val_u32(ctx, key_id)
+            elif kind == GGUF_TYPE_STRING:
+                values[key] = lib.gguf_get_val_str(ctx, key_id).decode(errors="replace")
+        tensors = [(lib.gguf_get_tensor_name(ctx, i).decode(), lib.ggml_type_name(lib.gguf_get_tensor_type(ctx, i)).decode())
+                   for i in range(lib.gguf_get_n_tensors(ctx))]
+        return values, tensors
+    finally:
+        lib.gguf_free(ctx)
+
+
 @cache
 def ggml_library() -> ctypes.CDLL:
     """The ggml library llama-cpp-python loaded; its handle also resolves ggml-base's symbols."""
@@ -57,6 +89,18 @@ def ggml_library() -> ctypes.CDLL:
         # used for the CPU backend's extra buffer types (AMX, CPU_REPACK, ...)
         "ggml_backend_dev_backend_reg": ([ctypes.c_void_p], ctypes.c_void_p),
         "ggml_backend_reg_get_proc_address": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p),
+        # gguf.h, used by gguf_info.weight_types: llama.cpp's own header parser, milliseconds where
+        # gguf-py's reader takes seconds on a large vocabulary
+        "gguf_init_from_file": ([ctypes.c_char_p, _GgufInitParams], ctypes.c_void_p),
+        "gguf_free": ([ctypes.c_void_p], None),
+        "gguf_find_key": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int64),
+        "gguf_get_kv_type": ([ctypes.c_void_p, ctypes.c_int64], ctypes.c_int),
+        "gguf_get_val_u32": ([ctypes.c_void_p, ctypes.c_int64], ctypes.c_uint32),
+        "gguf_get_val_str": ([ctypes.c_void_p, ctypes.c_int64], ctypes.c_char_p),
+        "gguf_get_n_tensors": ([ctypes.c_void_p], ctypes.c_int64),
+        "gguf_get_tensor_name": ([ctypes.c_void_p, ctypes.c_int64], ctypes.c_char_p),
+        "gguf_get_tensor_type": ([ctypes.c_void_p, ctypes.c_int64], ctypes.c_int),
+        "ggml_type_name": ([ctypes.c_int], ctypes.c_char_p),
     }
     for name, (argtypes, restype) in declarations.items():
         function = getattr(lib, name)

@@ -31,7 +31,7 @@ import llama_cpp
 from convert.synthetic import SyntheticShape, write_synthetic
 from edge.engine import backends
 from edge.engine.llama_model import route_llama_log
-from edge.plan.gguf_info import ModelLayout
+from edge.plan.gguf_info import WeightTypes
 
 CHOICES = ("auto", *backends.CPU_KERNELS)
 PROBE_VERSION = 1  # bump when the probe's workload changes: older cached trials no longer compare
@@ -91,18 +91,18 @@ def validate_choice(value: str) -> str:
     return value
 
 
-def choose(requested: str, layout: ModelLayout, threads: int, cache_dir: Path) -> KernelChoice:
-    """The kernels to load `layout`'s model with; ValueError when a forced choice cannot run here."""
+def choose(requested: str, model: WeightTypes, threads: int, cache_dir: Path) -> KernelChoice:
+    """The kernels to load `model` with; ValueError when a forced choice cannot run here."""
     validate_choice(requested)
     started = time.monotonic()
     if requested == "plain":
         return KernelChoice("plain", requested, (), True, 0.0)
-    if requested == "auto" and not kernel_sensitive_types(layout):
+    if requested == "auto" and not kernel_sensitive_types(model):
         return KernelChoice("plain", requested, (), True, 0.0)
     candidates = backends.offered_kernels() if requested == "auto" else [requested]
     for kernel in candidates:
         backends.kernel_buffer_types(kernel)  # ValueError for a forced kernel this build lacks
-    trials, cached = _trials(candidates, layout, threads, cache_dir)
+    trials, cached = _trials(candidates, model, threads, cache_dir)
     seconds = time.monotonic() - started
     if requested != "auto":
         if not trials[0].ok:
@@ -122,9 +122,9 @@ def choose(requested: str, layout: ModelLayout, threads: int, cache_dir: Path) -
 KERNEL_SENSITIVE = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q2_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL", "MXFP4", "Q1_0"})
 
 
-def kernel_sensitive_types(layout: ModelLayout) -> set[str]:
+def kernel_sensitive_types(model: WeightTypes) -> set[str]:
     """The model's weight types whose kernels the choice changes (the rest run the same everywhere)."""
-    return {t.type for t in layout.tensors if len(t.ne) >= 2} & KERNEL_SENSITIVE
+    return {kind for _, kind in model.tensors} & KERNEL_SENSITIVE
 
 
 def pick(survivors: list[Trial]) -> Trial:
@@ -134,18 +134,18 @@ def pick(survivors: list[Trial]) -> Trial:
     return max(tied, key=lambda trial: backends.CPU_KERNELS.index(trial.kernel))
 
 
-def _trials(candidates: list[str], layout: ModelLayout, threads: int, cache_dir: Path) -> tuple[tuple[Trial, ...], bool]:
+def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: Path) -> tuple[tuple[Trial, ...], bool]:
     """Each candidate's trial, from the cache or probed now (all of the missing ones on one model file)."""
-    key = cache_key(layout, threads)
+    key = cache_key(model, threads)
     cache_path = cache_dir / CACHE_FILE
     known = _read_cache(cache_path).get(key, {})
     missing = [kernel for kernel in candidates if kernel not in known]
     if missing:
         with tempfile.TemporaryDirectory(prefix="edge-probe-") as folder:
             route_llama_log()  # the quantizer's per-tensor lines go to the debug log, not the console
-            model = write_synthetic(Path(folder) / "probe.gguf", probe_file_type(layout), probe_shape(layout),
-                                    threads=threads, **_edge_types(layout))
-            for trial in measure_kernels(model, missing, threads):
+            synthetic = write_synthetic(Path(folder) / "probe.gguf", probe_file_type(model), probe_shape(model),
+                                        threads=threads, **_edge_types(model))
+            for trial in measure_kernels(synthetic, missing, threads):
                 known[trial.kernel] = asdict(trial)
         _write_cache(cache_path, key, known)
     return tuple(Trial(**known[kernel]) for kernel in candidates), not missing
@@ -230,47 +230,45 @@ def measure_kernels(model: Path, kernels: list[str], threads: int, rounds: int =
             child.close()
 
 
-def probe_file_type(layout: ModelLayout) -> int:
-    """The llama.cpp file type of the model (so the probe gets the same quant mix), else of its
-    commonest weight type."""
-    names = [layout.file_type]
-    weights = [t.type for t in layout.tensors if len(t.ne) >= 2]
+def probe_file_type(model: WeightTypes) -> int:
+    """The model's llama.cpp file type (so the probe gets the same quant mix), else that of its
+    commonest quantized type."""
+    if model.file_type >= 0:
+        return model.file_type
+    weights = [kind for _, kind in model.tensors if kind != "F32"]
     if weights:
         common = max(set(weights), key=weights.count)
-        names += [common, f"{common}_M"]
-    for name in names:
-        for prefix in ("MOSTLY_", "ALL_"):
-            if f"{prefix}{name}" in gguf.LlamaFileType.__members__:
-                return int(gguf.LlamaFileType[f"{prefix}{name}"])
+        for name in (f"MOSTLY_{common}", f"MOSTLY_{common}_M"):
+            if name in gguf.LlamaFileType.__members__:
+                return int(gguf.LlamaFileType[name])
     return int(gguf.LlamaFileType.MOSTLY_F16)
 
 
-def probe_shape(layout: ModelLayout) -> SyntheticShape:
+def probe_shape(model: WeightTypes) -> SyntheticShape:
     """Dense or MoE, with or without an output head of its own, as the model is; the size is fixed
     (about 45M weights: loads and runs in a second)."""
-    tied = not any(t.name == "output.weight" for t in layout.tensors)
-    if layout.hparams.n_expert:
+    tied = model.type_of("output.weight") is None
+    if model.experts:
         return SyntheticShape(experts=4, ffn=1280, tied_output=tied)
     return SyntheticShape(tied_output=tied)
 
 
-def _edge_types(layout: ModelLayout) -> dict[str, int]:
+def _edge_types(model: WeightTypes) -> dict[str, int]:
     """The model's own types for token_embd and output, which the quantizer's rules would pick
     differently for the probe's small vocabulary."""
-    types = {t.name: t.type for t in layout.tensors}
-    chosen = {"token_embd_type": types.get("token_embd.weight"), "output_type": types.get("output.weight")}
+    chosen = {"token_embd_type": model.type_of("token_embd.weight"), "output_type": model.type_of("output.weight")}
     return {key: int(gguf.GGMLQuantizationType[name]) for key, name in chosen.items() if name}
 
 
-def cache_key(layout: ModelLayout, threads: int) -> str:
+def cache_key(model: WeightTypes, threads: int) -> str:
     """What a trial's outcome depends on: this CPU, this llama.cpp build, the model's types, threads."""
     parts = {
         "probe": PROBE_VERSION,
         "cpu": cpu_identity(),
         "build": build_identity(),
-        "file_type": layout.file_type,
-        "types": sorted({t.type for t in layout.tensors}),
-        "moe": bool(layout.hparams.n_expert),
+        "file_type": model.file_type,
+        "types": sorted({kind for _, kind in model.tensors}),
+        "moe": bool(model.experts),
         "threads": threads,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

@@ -142,3 +142,32 @@ def read_layout(path: Path) -> ModelLayout:
     except ValueError:
         type_name = str(file_type)
     return ModelLayout(str(_field(reader, "general.name", path.stem)), hparams, tensors, type_name)
+
+
+@dataclass(frozen=True)
+class WeightTypes:
+    """What the CPU kernel choice reads of a model: its file type, experts and each tensor's type."""
+
+    file_type: int  # llama.cpp's file type (general.file_type); -1 when the file does not say
+    experts: int
+    tensors: tuple[tuple[str, str], ...]  # (name, type as gguf-py spells it: Q4_K, Q8_0, F32 ...)
+
+    def type_of(self, name: str) -> str | None:
+        return next((kind for tensor, kind in self.tensors if tensor == name), None)
+
+
+def weight_types(path: Path) -> WeightTypes:
+    """The types of every tensor of the GGUF at `path` (every file of a split GGUF), read by llama.cpp's
+    own header parser: milliseconds, where read_layout's full parse takes seconds on a 49k vocabulary."""
+    from edge.engine.backends import gguf_header
+
+    try:
+        values, tensors = gguf_header(str(path), ("general.architecture", "general.file_type"))
+        architecture = values.get("general.architecture", "llama")
+        experts, _ = gguf_header(str(path), (f"{architecture}.expert_count",))
+        for part in _split_files(path)[1:]:
+            tensors += gguf_header(str(part), ())[1]
+    except ValueError as error:
+        raise GGUFInfoError(str(error)) from error
+    return WeightTypes(int(values.get("general.file_type", -1)), int(experts.get(f"{architecture}.expert_count", 0)),
+                       tuple((name, kind.upper()) for name, kind in tensors))

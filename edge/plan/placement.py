@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge.engine import backends
 from edge.engine.llama_model import LoadOptions
-from edge.plan.gguf_info import EXPERT_PATTERN, GGUFInfoError, read_layout
+from edge.plan.gguf_info import EXPERT_PATTERN, GGUFInfoError, read_layout, weight_types
 from edge.plan.cpu_kernels import KernelChoice, choose
 from edge.plan.fit import Workload, auto_gpu_layers
 from edge.settings import Settings
@@ -44,10 +44,10 @@ def cpu_kernels(settings: Settings, path: Path) -> KernelChoice:
     """--cpu-kernels resolved for the model at `path`: by probe (or its cache) unless plain."""
     requested = settings.cpu_kernels_requested
     try:
-        layout = read_layout(path)
+        model = weight_types(path)
     except GGUFInfoError as error:
         raise ValueError(f"cannot read {path} to choose CPU kernels: {error}") from error
-    return choose(requested, layout, settings.threads or os.cpu_count() or 1, settings.cache_dir)
+    return choose(requested, model, settings.threads or os.cpu_count() or 1, settings.cache_dir)
 
 
 def load_options(settings: Settings, path: Path, kv_cells: int, kernels: str) -> LoadOptions:

@@ -16,7 +16,7 @@ import pytest
 from edge.engine.backends import offered_kernels
 from edge.engine.kernel_probe import FAULT_ENV
 from edge.plan.cpu_kernels import CACHE_FILE, TIE, Trial, cache_key, choose, pick
-from edge.plan.gguf_info import read_layout
+from edge.plan.gguf_info import weight_types
 from support import EMBEDDED_GGUF, Server
 
 THREADS = 2
@@ -24,15 +24,15 @@ CPU_FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file()
 
 
 @pytest.fixture(scope="module")
-def layout():
-    return read_layout(EMBEDDED_GGUF)
+def model():
+    return weight_types(EMBEDDED_GGUF)
 
 
 @pytest.fixture(scope="module")
-def probed(layout, tmp_path_factory):
+def probed(model, tmp_path_factory):
     """One real probe of every candidate this build offers, in a cache of its own."""
     cache = tmp_path_factory.mktemp("kernels")
-    return cache, choose("auto", layout, THREADS, cache)
+    return cache, choose("auto", model, THREADS, cache)
 
 
 def test_auto_probes_every_offered_kernel_and_picks_the_fastest_survivor(probed) -> None:
@@ -54,54 +54,54 @@ def test_the_fastest_decoder_wins_and_close_calls_go_to_the_simpler_kernel() -> 
     assert pick([Trial("repack", 900, 160 * (1 + 2 * TIE)), plain]).kernel == "repack"
 
 
-def test_a_second_start_reads_the_verdict_from_the_cache(probed, layout, monkeypatch) -> None:
+def test_a_second_start_reads_the_verdict_from_the_cache(probed, model, monkeypatch) -> None:
     cache, first = probed
     # Were anything probed again, the plain kernels' child would now die.
     monkeypatch.setenv(FAULT_ENV, "plain")
-    again = choose("auto", layout, THREADS, cache)
+    again = choose("auto", model, THREADS, cache)
     assert again.cached and again.trials == first.trials and again.kernel == first.kernel
     assert "probe, cached" in again.line()
 
 
-def test_a_kernel_that_kills_its_probe_is_never_chosen(probed, layout, tmp_path, monkeypatch) -> None:
+def test_a_kernel_that_kills_its_probe_is_never_chosen(probed, model, tmp_path, monkeypatch) -> None:
     _, honest = probed
     winner = honest.kernel
     monkeypatch.setenv(FAULT_ENV, winner)
-    choice = choose("auto", layout, THREADS, tmp_path)
+    choice = choose("auto", model, THREADS, tmp_path)
     failed = {trial.kernel: trial.failure for trial in choice.trials if not trial.ok}
     assert failed.get(winner) == "crashed (SIGSEGV)"
     assert choice.kernel != winner and choice.kernel in offered_kernels()
     assert f"{winner} crashed (SIGSEGV)" in choice.line()
 
 
-def test_a_forced_kernel_whose_probe_crashes_is_refused(layout, tmp_path, monkeypatch) -> None:
+def test_a_forced_kernel_whose_probe_crashes_is_refused(model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(FAULT_ENV, "repack")
     with pytest.raises(ValueError, match="--cpu-kernels repack: its probe crashed"):
-        choose("repack", layout, THREADS, tmp_path)
+        choose("repack", model, THREADS, tmp_path)
 
 
-def test_forced_plain_needs_no_probe(layout, tmp_path) -> None:
-    choice = choose("plain", layout, THREADS, tmp_path)
+def test_forced_plain_needs_no_probe(model, tmp_path) -> None:
+    choice = choose("plain", model, THREADS, tmp_path)
     assert choice.kernel == "plain" and choice.trials == ()
     assert not (tmp_path / CACHE_FILE).exists()
 
 
-def test_a_model_without_kernel_sensitive_weights_is_not_probed(layout, tmp_path) -> None:
+def test_a_model_without_kernel_sensitive_weights_is_not_probed(model, tmp_path) -> None:
     from dataclasses import replace
 
-    as_f16 = replace(layout, file_type="F16",
-                     tensors=tuple(replace(t, type="F16") if len(t.ne) >= 2 else t for t in layout.tensors))
+    as_f16 = replace(model, file_type=1, tensors=tuple((name, "F16" if kind != "F32" else kind)
+                                                         for name, kind in model.tensors))
     choice = choose("auto", as_f16, THREADS, tmp_path)
     assert choice.kernel == "plain" and choice.trials == () and "no probe" in choice.line()
     assert not (tmp_path / CACHE_FILE).exists()
 
 
-def test_the_verdict_is_kept_per_thread_count_and_tensor_types(layout) -> None:
+def test_the_verdict_is_kept_per_thread_count_and_tensor_types(model) -> None:
     from dataclasses import replace
 
-    assert cache_key(layout, 2) != cache_key(layout, 4)
-    requantized = replace(layout, tensors=tuple(replace(t, type="Q8_0") if t.type == "Q4_1" else t for t in layout.tensors))
-    assert cache_key(layout, 2) != cache_key(requantized, 2)
+    assert cache_key(model, 2) != cache_key(model, 4)
+    requantized = replace(model, tensors=tuple((name, "Q8_0" if kind == "Q4_1" else kind) for name, kind in model.tensors))
+    assert cache_key(model, 2) != cache_key(requantized, 2)
 
 
 def test_edge_info_shows_the_decision(tmp_path) -> None:
