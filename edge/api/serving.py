@@ -22,10 +22,10 @@ from edge.chat.tools import (
     MAX_PARALLEL_CALLS, ToolCall, ToolCallReader, ToolSpec, call_text, result_text, tools_grammar, tools_prompt,
 )
 from edge.engine.jobs import (
-    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull, TextDelta,
+    FAILURE_STATUS, ChoiceFinished, EngineRefusal, Generation, GenerationDone, GenerationFailed, GenerationRequest,
+    TextDelta,
 )
 from edge.engine.sampling import SamplingParams
-from edge.engine.supervised import EngineUnavailable
 from edge.served import ServedModel
 
 DEFAULT_MAX_TOKENS = {"chat": 512, "text": 16}  # the OpenAI API's defaults for each endpoint
@@ -61,9 +61,12 @@ class Usage:
                 "total_tokens": total, "estimated_cost": round(total * self.price_per_mtoken / 1e6, 10)}
 
 
-def _queue_full(reason: str, retry_after: int) -> EdgeError:
-    """429 for a full queue, whether this process's engine refused or one in a child process (--rpc)."""
-    return EdgeError(429, f"the server is busy: {reason}", None, "queue_full", retry_after)
+def _failure(code: str, message: str, retry_after: int | None) -> EdgeError:
+    """The HTTP error for an engine's refusal or failure: one status per code (jobs.FAILURE_STATUS),
+    whichever engine reported it."""
+    status = FAILURE_STATUS.get(code, 503)
+    text = f"the server is busy: {message}" if code == "queue_full" else message
+    return EdgeError(status, text, None, code, retry_after if status in (429, 503) else None)
 
 
 class ServingLayer:
@@ -157,22 +160,15 @@ class ServingLayer:
         engine = self.served.engine
         try:
             generation = engine.submit(prepared.generation, asyncio.get_running_loop())
-        except EngineUnavailable as error:
-            raise EdgeError(503, str(error), None, "engine_unavailable", error.retry_after) from error
-        except ValueError as error:
-            raise EdgeError(400, str(error), None, "invalid_request") from error
-        except QueueFull as error:
-            raise _queue_full(str(error), error.retry_after) from error
+        except EngineRefusal as error:
+            raise _failure(error.code, error.message, error.retry_after or engine.retry_after()) from error
         try:
             failure = await generation.started()
         except BaseException:
             generation.cancel()  # the client left while queued (or the server is stopping)
             raise
         if failure is not None:
-            if failure.code == "queue_full":  # refused by an engine in another process (--rpc)
-                raise _queue_full(failure.message, engine.retry_after())
-            retry = engine.retry_after() if failure.code in ("queue_timeout", "engine_unavailable") else None
-            raise EdgeError(503, failure.message, None, failure.code, retry)
+            raise _failure(failure.code, failure.message, engine.retry_after())
         return generation
 
     async def updates(self, prepared: Prepared, generation: Generation) -> AsyncIterator[ChoiceUpdate | Usage]:

@@ -35,6 +35,7 @@ import llama_cpp
 from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
 from edge.engine.jobs import (
     ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, QueueFull,
+    RequestInvalid,
     Started, TextDelta,
 )
 from edge.engine.llama_model import LlamaModel, ModelLoadError
@@ -76,13 +77,13 @@ class EngineConfig:
 
 
 def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
-    """Raise ValueError when `request` could never run on an engine configured as `config`."""
+    """Raise RequestInvalid when `request` could never run on an engine configured as `config`."""
     if not request.prompt_tokens:
-        raise ValueError("the prompt is empty")
+        raise RequestInvalid("the prompt is empty")
     if request.n > config.parallel:
-        raise ValueError(f"n={request.n} needs the server started with --parallel {request.n} or more")
+        raise RequestInvalid(f"n={request.n} needs the server started with --parallel {request.n} or more")
     if request.kv_cells() > config.ctx_size:
-        raise ValueError(f"the request needs {request.kv_cells()} KV cells; a sequence has {config.ctx_size}")
+        raise RequestInvalid(f"the request needs {request.kv_cells()} KV cells; a sequence has {config.ctx_size}")
 
 
 class _Sequence:
@@ -190,7 +191,7 @@ class Engine:
     ready = True  # an in-process engine is usable for as long as it exists
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Generation:
-        """Queue `request`; ValueError when it can never run here, QueueFull when too many wait."""
+        """Queue `request`; RequestInvalid when it can never run here, QueueFull when too many wait."""
         generation = Generation(request, loop)
         self.enqueue(generation)
         return generation
@@ -209,9 +210,11 @@ class Engine:
             self._demand += request.n
         try:
             self._inbox.put(_Job(handle, self.model))  # sampler and grammar errors raise here
-        except Exception:
+        except Exception as error:
             with self._lock:
                 self._demand -= request.n
+            if isinstance(error, ValueError) and not isinstance(error, RequestInvalid):
+                raise RequestInvalid(str(error)) from error
             raise
 
     def retry_after(self) -> int:

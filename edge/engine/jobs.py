@@ -32,12 +32,57 @@ class GenerationRequest:
         return len(self.prompt_tokens) + self.max_tokens
 
 
-class QueueFull(Exception):
+# The one failure channel between the engines and the API: every refusal and failure has a code,
+# and each code one HTTP status, whichever engine (in-process or in a child process) reports it.
+FAILURE_STATUS = {
+    "invalid_request": 400,    # the request can never run here (prompt empty, n > slots, too long)
+    "queue_full": 429,         # --max-queue requests already wait
+    "queue_timeout": 503,      # waited longer than --queue-timeout for a slot
+    "engine_unavailable": 503,  # the engine (or its process) is down or restarting
+    "shutting_down": 503,      # the server is stopping
+    "decode_failed": 500,      # llama.cpp refused a decode step
+}
+
+
+class EngineRefusal(Exception):
+    """The engine will not run a request; `code` (a FAILURE_STATUS key) says why."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return FAILURE_STATUS[self.code]
+
+
+class RequestInvalid(EngineRefusal, ValueError):
+    """The request can never run on this engine (empty prompt, n beyond the slots, too many KV cells)."""
+
+    code = "invalid_request"
+
+
+class QueueFull(EngineRefusal):
     """The server has as many requests waiting as it accepts; retry after `retry_after` seconds."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    code = "queue_full"
+
+
+class EngineUnavailable(EngineRefusal):
+    """The engine is down or (re)starting; retry after `retry_after` seconds."""
+
+    code = "engine_unavailable"
+
+
+def refusal_for(code: str, message: str, retry_after: int | None = None) -> EngineRefusal:
+    """The typed refusal for a failure code that crossed a process boundary as text."""
+    kinds = {kind.code: kind for kind in (RequestInvalid, QueueFull, EngineUnavailable)}
+    refusal = kinds.get(code, EngineRefusal)(message, retry_after)
+    refusal.code = code if code in FAILURE_STATUS else "engine_unavailable"
+    return refusal
 
 
 @dataclass(frozen=True)
@@ -66,11 +111,11 @@ class ChoiceFinished:
 
 @dataclass(frozen=True)
 class GenerationFailed:
-    """The engine could not finish the request; `message` says why, `code` names the cause
-    ("queue_timeout", "shutting_down" or "decode_failed")."""
+    """The engine could not finish the request; `message` says why, `code` (a FAILURE_STATUS key)
+    names the cause."""
 
     message: str
-    code: str = "generation_failed"
+    code: str = "decode_failed"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from edge.engine.engine import Engine, EngineConfig, check_fits
 from edge.engine.llama_model import LlamaModel, LoadOptions
-from edge.engine.jobs import Cancellable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, QueueFull
+from edge.engine.jobs import (
+    Cancellable, EngineRefusal, EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest,
+)
 from edge.engine.metrics import SupervisorMetrics
 
 log = logging.getLogger("edge.supervisor")
@@ -31,12 +33,6 @@ log = logging.getLogger("edge.supervisor")
 RETRY_AFTER_SECONDS = 5
 _POLL_SECONDS = 0.05  # how often cancellations are forwarded while waiting for events
 _METRICS_TIMEOUT = 2.0  # seconds GET /metrics waits for the child's figures
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine is (re)starting; try again after `retry_after` seconds."""
-
-    retry_after = RETRY_AFTER_SECONDS
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,8 @@ class SupervisedEngine:
         with self._lock:
             if not self._ready.is_set() or self._conn is None:
                 self.metrics.unavailable.inc()
-                raise EngineUnavailable("the model is loading or its RPC workers are unreachable; retry shortly")
+                raise EngineUnavailable("the model is loading or its RPC workers are unreachable; retry shortly",
+                                        RETRY_AFTER_SECONDS)
             request_id = next(self._ids)
             self._pending[request_id] = generation
             self._conn.send(("submit", request_id, request))
@@ -245,7 +242,7 @@ def _child_main(spec: ChildSpec, conn: Connection) -> None:
                 handles[request_id] = handle
             try:
                 engine.enqueue(handle)
-            except (ValueError, QueueFull) as error:
-                handle.publish(GenerationFailed(str(error), "queue_full" if isinstance(error, QueueFull) else "invalid"))
+            except EngineRefusal as error:  # the same code as the in-process engine's refusal
+                handle.publish(GenerationFailed(error.message, error.code))
                 handle.publish(GenerationDone(len(request.prompt_tokens)))
     engine.close()
