@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -146,16 +147,30 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings(**_given(args, tuple(vars(args))))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    served = ServedModel.load(settings)
+    engine_died = threading.Event()
+    served = ServedModel.load(settings, on_engine_death=lambda _: engine_died.set())
     try:
         app = create_app(served, settings.api_key_list)
         # On SIGTERM/Ctrl-C uvicorn stops accepting, lets running requests finish for up to
         # shutdown_timeout seconds, then cancels the rest; closing the engine fails what still waits.
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                    timeout_graceful_shutdown=settings.shutdown_timeout)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                               log_level=settings.log_level.lower(),
+                                               timeout_graceful_shutdown=settings.shutdown_timeout))
+        # If the engine thread dies, requests already get 503s and /health says so; the process then
+        # exits (status 1) so that whatever supervises it (systemd, a container runtime) restarts it.
+        threading.Thread(target=_stop_when, args=(engine_died, server), daemon=True).start()
+        server.run()
     finally:
         served.close()
+    if engine_died.is_set():
+        print("edge: the engine failed (see the log); exiting so that it can be restarted", file=sys.stderr)
+        return 1
     return 0
+
+
+def _stop_when(event: threading.Event, server: uvicorn.Server) -> None:  # noqa: F821
+    event.wait()
+    server.should_exit = True
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from edge.cards import ModelCard, resolve_model
@@ -37,7 +38,9 @@ class ServedModel:
     kernels: KernelChoice
 
     @classmethod
-    def load(cls, settings: Settings) -> ServedModel:
+    def load(cls, settings: Settings, on_engine_death: Callable[[BaseException], None] | None = None) -> ServedModel:
+        """Load the model and start its engine; `on_engine_death` is told (from the engine thread) if
+        the in-process engine's loop dies."""
         path, card = resolve_model(settings.model, settings.models_dir)
         # The plan for --n-gpu-layers auto needs the KV size before the model (and its context) exist.
         planned_ctx = settings.ctx_size or min(card.context_length if card else DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
@@ -60,7 +63,7 @@ class ServedModel:
             remote_options = replace(options, n_gpu_layers=options.n_gpu_layers or -1)
             engine = SupervisedEngine(ChildSpec(path, remote_options, config, tuple(endpoints), settings.log_level.upper()))
         else:
-            engine = Engine(model, config)
+            engine = Engine(model, config, on_engine_death)
         template_source = model.metadata("tokenizer.chat_template") or (card and card.chat_template)
         if not template_source:
             log.warning("%s has no chat template: using a plain 'Role: text' format", path.name)

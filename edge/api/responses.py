@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,8 @@ from edge.api.errors import EdgeError
 from edge.api.serving import ChoiceUpdate, Prepared, ServingLayer, Usage
 from edge.chat.tools import ToolCall
 from edge.engine.jobs import Generation
+
+log = logging.getLogger("edge.api")
 
 _OBJECTS = {"chat": ("chat.completion", "chat.completion.chunk", "chatcmpl-"),
             "text": ("text_completion", "text_completion", "cmpl-")}
@@ -78,4 +81,7 @@ async def stream(layer: ServingLayer, prepared: Prepared, generation: Generation
             yield event([{"index": update.index, "delta": delta, "logprobs": None, "finish_reason": update.finish_reason}])
     except EdgeError as error:
         yield f"data: {json.dumps(error.body())}\n\n"
+    except Exception as error:  # noqa: BLE001 - a stream must still end with an error event and [DONE]
+        log.exception("stream failed")
+        yield f"data: {json.dumps(EdgeError(500, f'internal error: {type(error).__name__}').body())}\n\n"
     yield "data: [DONE]\n\n"

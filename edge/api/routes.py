@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from edge.api.errors import EdgeError
 from edge.api.protocol import ChatCompletionRequest, CompletionRequest
+from edge.api.lifecycle import OwnedStream, RequestLife, unless_client_leaves
 from edge.api.responses import complete, stream
 from edge.api.serving import Prepared, ServingLayer
-from edge.engine.supervised import RETRY_AFTER_SECONDS
 
 
 def serving_layer(request: Request) -> ServingLayer:
@@ -35,9 +36,10 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 @health.get("/health")
 async def get_health(layer: ServingLayer = Depends(serving_layer)) -> dict:
-    if not layer.served.engine.ready:
-        raise EdgeError(503, "the model is loading or its RPC workers are unreachable", None,
-                        "engine_unavailable", RETRY_AFTER_SECONDS)
+    engine = layer.served.engine
+    if not engine.ready:
+        raise EdgeError(503, "the engine is not ready: loading, restarting, or its RPC workers are unreachable",
+                        None, "engine_unavailable", engine.retry_after())
     return {"status": "ok", "model": layer.served.id}
 
 
@@ -58,37 +60,36 @@ async def list_models(layer: ServingLayer = Depends(serving_layer)) -> dict:
 @v1.post("/chat/completions")
 async def chat_completions(request: Request, body: ChatCompletionRequest,
                            layer: ServingLayer = Depends(serving_layer)):
-    return await _answer(request, layer, layer.prepare_chat(body), body.stream)
+    return await _answer(request, layer, lambda: layer.prepare_chat(body), body.stream)
 
 
 @v1.post("/completions")
-async def completions(request: Request, body: CompletionRequest, layer: ServingLayer = Depends(serving_layer)):
-    return await _answer(request, layer, layer.prepare_completion(body), body.stream)
+async def completions(request: Request, body: CompletionRequest,
+                      layer: ServingLayer = Depends(serving_layer)):
+    return await _answer(request, layer, lambda: layer.prepare_completion(body), body.stream)
 
 
-async def _answer(request: Request, layer: ServingLayer, prepared: Prepared, streamed: bool):
-    start = asyncio.ensure_future(layer.start(prepared))
-    generation = await _unless_client_leaves(request, start)
-    if isinstance(generation, Response):
-        return generation
-    if streamed:  # from here on the streaming response notices a disconnect by itself
-        return StreamingResponse(stream(layer, prepared, generation), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-    whole = asyncio.ensure_future(complete(layer, prepared, generation))
+async def _answer(request: Request, layer: ServingLayer, prepare: Callable[[], Prepared], streamed: bool):
+    """validate (done by pydantic) -> prepare (a worker thread) -> admit -> stream or answer whole."""
+    prepared = await unless_client_leaves(request, asyncio.to_thread(prepare))
+    if isinstance(prepared, Response):
+        return prepared
+    life = RequestLife(layer, prepared)
+    handed_over = False
     try:
-        return await _unless_client_leaves(request, whole)
+        if streamed:
+            # Admission first, so that a refusal or a full queue is a plain HTTP error.
+            admitted = await unless_client_leaves(request, life.admit())
+            if isinstance(admitted, Response):
+                return admitted
+            handed_over = True  # from here the stream's own finally closes the life
+            return OwnedStream(stream(layer, prepared, admitted), life.close)
+        return await unless_client_leaves(request, _whole(layer, life))
     finally:
-        generation.cancel()  # a no-op once finished; frees the slot when the client left
+        if not handed_over:
+            life.close()
 
 
-async def _unless_client_leaves(request: Request, work: asyncio.Future):
-    """The result of `work`; if the client disconnects first, `work` is cancelled (which
-    cancels its generation), so a queued or running request stops holding the engine."""
-    while True:
-        done, _ = await asyncio.wait({work}, timeout=0.5)
-        if done:
-            return work.result()
-        if await request.is_disconnected():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
+async def _whole(layer: ServingLayer, life: RequestLife) -> dict:
+    generation = await life.admit()
+    return await complete(layer, life.prepared, generation)

@@ -154,22 +154,21 @@ class ServingLayer:
                             f"exceeds the context of {context} tokens", "max_tokens", "context_length_exceeded")
         return requested
 
-    async def start(self, prepared: Prepared) -> Generation:
-        """Hand the request to the engine and wait until it leaves the queue, so that a full
-        queue, a queue timeout or a shutdown is still a plain HTTP error, streamed or not."""
+    def submit(self, prepared: Prepared, loop: asyncio.AbstractEventLoop) -> Generation:
+        """Hand the request to the engine (blocking: call it from a worker thread); an EdgeError
+        when the engine refuses it."""
         engine = self.served.engine
         try:
-            generation = engine.submit(prepared.generation, asyncio.get_running_loop())
+            return engine.submit(prepared.generation, loop)
         except EngineRefusal as error:
             raise _failure(error.code, error.message, error.retry_after or engine.retry_after()) from error
-        try:
-            failure = await generation.started()
-        except BaseException:
-            generation.cancel()  # the client left while queued (or the server is stopping)
-            raise
+
+    async def wait_started(self, generation: Generation) -> None:
+        """Wait until the request leaves the queue, so that a full queue, a queue timeout or a
+        shutdown is still a plain HTTP error, streamed or not."""
+        failure = await generation.started()
         if failure is not None:
-            raise _failure(failure.code, failure.message, engine.retry_after())
-        return generation
+            raise _failure(failure.code, failure.message, self.served.engine.retry_after())
 
     async def updates(self, prepared: Prepared, generation: Generation) -> AsyncIterator[ChoiceUpdate | Usage]:
         """Choice updates as the engine produces them, then the usage."""
@@ -188,11 +187,11 @@ class ServingLayer:
                     reason = "tool_calls" if reader.calls and not leftover else event.reason
                     yield ChoiceUpdate(event.index, leftover, [], reason)
                 elif isinstance(event, GenerationFailed):
-                    raise EdgeError(500, event.message, None, "generation_failed")
+                    raise _failure(event.code, event.message, self.served.engine.retry_after())
                 elif isinstance(event, GenerationDone):
                     yield Usage(event.prompt_tokens, completion_tokens, self.served.price_per_mtoken)
         finally:
-            generation.cancel()  # a no-op when it finished; frees the slot when the client left
+            generation.cancel()  # a no-op when it finished; the request's owner cancels it too
 
 
 def _chat_messages(request: ChatCompletionRequest, extra_system: str) -> list[ChatMessage]:

@@ -19,6 +19,9 @@ class BatchWriter:
         return self.capacity - self.count
 
     def add(self, token: int, position: int, seq_ids: list[int], wants_logits: bool) -> int:
+        if self.count >= self.capacity:
+            # llama_batch_init allocated exactly `capacity` entries: writing past them corrupts memory.
+            raise IndexError(f"the batch is full ({self.capacity} tokens)")
         index = self.count
         self._batch.token[index] = token
         self._batch.pos[index] = position

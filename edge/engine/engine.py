@@ -28,14 +28,15 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llama_cpp
 
 from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
 from edge.engine.jobs import (
-    ChoiceFinished, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest, QueueFull,
-    RequestInvalid,
+    ChoiceFinished, EngineUnavailable, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest,
+    QueueFull, RequestInvalid,
     Started, TextDelta,
 )
 from edge.engine.llama_model import LlamaModel, ModelLoadError
@@ -74,6 +75,9 @@ class EngineConfig:
             raise ValueError(f"parallel must be at least 1, got {self.parallel}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.parallel > self.n_batch:
+            # Every step puts one token of each running sequence into the batch.
+            raise ValueError(f"parallel ({self.parallel}) must not exceed the batch size ({self.n_batch})")
 
 
 def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
@@ -143,9 +147,12 @@ class _Job:
 class Engine:
     """Owns the llama context and the thread that decodes on it."""
 
-    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+    def __init__(self, model: LlamaModel, config: EngineConfig,
+                 on_death: Callable[[BaseException], None] | None = None) -> None:
         self.model = model
         self.config = config
+        self._on_death = on_death  # told once, from the engine thread, if its loop ever raises
+        self._died: BaseException | None = None
         self.metrics = EngineMetrics()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = config.ctx_size * config.parallel
@@ -188,7 +195,10 @@ class Engine:
             raise ModelLoadError(f"start-up self-test: llama.cpp could not decode a {count}-token batch (status {status})")
         log.info("start-up self-test: a %d-token batch decoded in %.0f ms", count, (time.monotonic() - started) * 1000)
 
-    ready = True  # an in-process engine is usable for as long as it exists
+    @property
+    def ready(self) -> bool:
+        """False once the engine thread has died (or stopped): nothing will be decoded any more."""
+        return self._died is None and self._thread.is_alive()
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Generation:
         """Queue `request`; RequestInvalid when it can never run here, QueueFull when too many wait."""
@@ -201,6 +211,7 @@ class Engine:
         request = handle.request
         check_fits(request, self.config)
         with self._lock:
+            self._refuse_if_dead()
             # Deterministic: requests beyond the slots plus the queue are refused whatever the
             # engine thread has picked up so far.
             if self._demand + request.n > self.config.parallel + self.config.max_queue:
@@ -209,13 +220,28 @@ class Engine:
                                 self._retry_after_locked())
             self._demand += request.n
         try:
-            self._inbox.put(_Job(handle, self.model))  # sampler and grammar errors raise here
-        except Exception as error:
-            with self._lock:
-                self._demand -= request.n
-            if isinstance(error, ValueError) and not isinstance(error, RequestInvalid):
-                raise RequestInvalid(str(error)) from error
+            job = _Job(handle, self.model)  # sampler and grammar errors raise here
+        except ValueError as error:
+            self._release_demand(request.n)
+            raise error if isinstance(error, RequestInvalid) else RequestInvalid(str(error)) from error
+        except BaseException:
+            self._release_demand(request.n)
             raise
+        with self._lock:  # the death path drains the inbox under this lock: nothing is left behind
+            if self._died is None:
+                self._inbox.put(job)
+                return
+            self._demand -= request.n
+        job.close_samplers()
+        self._refuse_if_dead()
+
+    def _refuse_if_dead(self) -> None:
+        if self._died is not None:
+            raise EngineUnavailable("the engine has stopped; the server is restarting", self._retry_after_locked())
+
+    def _release_demand(self, n: int) -> None:
+        with self._lock:
+            self._demand -= n
 
     def retry_after(self) -> int:
         """Seconds a turned-away client should wait: the recent mean request duration."""
@@ -240,6 +266,39 @@ class Engine:
     def _run(self) -> None:
         waiting: deque[_Job] = deque()
         active: list[_Job] = []
+        try:
+            self._loop(waiting, active)
+        except BaseException as error:  # a bug or a llama.cpp failure: fail everyone, never hang them
+            log.exception("the engine thread died")
+            with self._lock:
+                self._died = error
+            self._fail_all([*waiting, *active], "the engine failed; the server is restarting, retry shortly")
+            with self._lock:  # enqueue puts nothing in once _died is set (under this lock)
+                leftovers = self._take_inbox()
+            self._fail_all(leftovers, "the engine failed; the server is restarting, retry shortly")
+            if self._on_death is not None:
+                self._on_death(error)
+
+    def _take_inbox(self) -> list[_Job]:
+        jobs = []
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def _fail_all(self, jobs: list[_Job], message: str) -> None:
+        for job in jobs:
+            job.outcome = "failed"
+            try:
+                job.generation.publish(GenerationFailed(message, "engine_unavailable"))
+                self._finish_job(job, "cancelled")
+            except Exception:  # noqa: BLE001 - the state that killed the loop may break this too
+                job.generation.publish(GenerationDone(len(job.request.prompt_tokens)))
+
+    def _loop(self, waiting: deque[_Job], active: list[_Job]) -> None:
         while True:
             try:
                 # Block only when idle; with requests waiting, wake up now and then to time them out.
