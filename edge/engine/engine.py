@@ -19,12 +19,10 @@ then equals solo output token for token (tests/api/test_concurrency.py).
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import math
 import os
 import queue
-import random
 import threading
 import time
 from collections import deque
@@ -34,6 +32,7 @@ from dataclasses import dataclass
 import llama_cpp
 
 from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
+from edge.engine.job import Job, Sequence
 from edge.engine.jobs import (
     ChoiceFinished, EngineUnavailable, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest,
     QueueFull, RequestInvalid,
@@ -41,9 +40,7 @@ from edge.engine.jobs import (
 )
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
-from edge.engine.sampling import SamplerChain
-from edge.engine.slots import Slot, SlotTable
-from edge.engine.stops import StopMatcher
+from edge.engine.slots import SlotTable
 
 log = logging.getLogger("edge.engine")
 
@@ -90,60 +87,6 @@ def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
         raise RequestInvalid(f"the request needs {request.kv_cells()} KV cells; a sequence has {config.ctx_size}")
 
 
-class _Sequence:
-    """One continuation: its slot, sampler chain, detokenizer and stop matcher."""
-
-    def __init__(self, job: _Job, index: int, sampler: SamplerChain) -> None:
-        self.job = job
-        self.index = index
-        self.sampler = sampler
-        self.slot: Slot | None = None
-        self.position = 0
-        self.last_token = -1
-        self.generated = 0
-        self.done = False
-        self.matcher = StopMatcher(job.request.stop)
-        # Tokens may end inside a multi-byte character: decode bytes incrementally.
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-
-class _Job:
-    """A request inside the engine: its prompt cursor, its sequences and its timings."""
-
-    def __init__(self, generation: GenerationHandle, model: LlamaModel) -> None:
-        self.generation = generation
-        self.request = generation.request
-        self.prompt_read = 0
-        self.submitted = time.monotonic()
-        self.first_token_at: float | None = None
-        self.outcome: str | None = None  # "timeout" or "failed" when set; else decided at the end
-        base_seed = self.request.seed if self.request.seed is not None else random.getrandbits(31)
-        self.sequences: list[_Sequence] = []
-        try:
-            for index in range(self.request.n):
-                chain = SamplerChain(model, self.request.sampling, base_seed + index, self.request.grammar)
-                self.sequences.append(_Sequence(self, index, chain))
-        except Exception:
-            self.close_samplers()
-            raise
-
-    @property
-    def prefilled(self) -> bool:
-        return self.prompt_read == len(self.request.prompt_tokens)
-
-    @property
-    def live(self) -> list[_Sequence]:
-        return [seq for seq in self.sequences if not seq.done]
-
-    @property
-    def slots(self) -> list[Slot]:
-        return [seq.slot for seq in self.sequences if seq.slot is not None]
-
-    def close_samplers(self) -> None:
-        for seq in self.sequences:
-            seq.sampler.close()
-
-
 class Engine:
     """Owns the llama context and the thread that decodes on it."""
 
@@ -169,7 +112,7 @@ class Engine:
         self._slots = SlotTable(llama_cpp.llama_get_memory(self._ctx), config.parallel)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.parallel)
         self._self_test()
-        self._inbox: queue.Queue[_Job | None] = queue.Queue()
+        self._inbox: queue.Queue[Job | None] = queue.Queue()
         # Slots asked for by requests not yet finished (the event loop adds, the engine thread
         # subtracts), and the mean request duration that Retry-After is based on.
         self._lock = threading.Lock()
@@ -220,7 +163,7 @@ class Engine:
                                 self._retry_after_locked())
             self._demand += request.n
         try:
-            job = _Job(handle, self.model)  # sampler and grammar errors raise here
+            job = Job(handle, self.model)  # sampler and grammar errors raise here
         except ValueError as error:
             self._release_demand(request.n)
             raise error if isinstance(error, RequestInvalid) else RequestInvalid(str(error)) from error
@@ -264,8 +207,8 @@ class Engine:
     # --- engine thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        waiting: deque[_Job] = deque()
-        active: list[_Job] = []
+        waiting: deque[Job] = deque()
+        active: list[Job] = []
         try:
             self._loop(waiting, active)
         except BaseException as error:  # a bug or a llama.cpp failure: fail everyone, never hang them
@@ -279,7 +222,7 @@ class Engine:
             if self._on_death is not None:
                 self._on_death(error)
 
-    def _take_inbox(self) -> list[_Job]:
+    def _take_inbox(self) -> list[Job]:
         jobs = []
         while True:
             try:
@@ -289,7 +232,7 @@ class Engine:
             if job is not None:
                 jobs.append(job)
 
-    def _fail_all(self, jobs: list[_Job], message: str) -> None:
+    def _fail_all(self, jobs: list[Job], message: str) -> None:
         for job in jobs:
             job.outcome = "failed"
             try:
@@ -298,7 +241,7 @@ class Engine:
             except Exception:  # noqa: BLE001 - the state that killed the loop may break this too
                 job.generation.publish(GenerationDone(len(job.request.prompt_tokens)))
 
-    def _loop(self, waiting: deque[_Job], active: list[_Job]) -> None:
+    def _loop(self, waiting: deque[Job], active: list[Job]) -> None:
         while True:
             try:
                 # Block only when idle; with requests waiting, wake up now and then to time them out.
@@ -316,7 +259,7 @@ class Engine:
             if active:
                 self._step(active)
 
-    def _admit(self, waiting: deque[_Job], active: list[_Job]) -> None:
+    def _admit(self, waiting: deque[Job], active: list[Job]) -> None:
         """Move waiting jobs, oldest first, into the batch while slots are free."""
         self._expire(waiting)
         while waiting:
@@ -341,7 +284,7 @@ class Engine:
         self.metrics.queue_depth.set(len(waiting))
         self.metrics.busy_slots.set(self._slots.busy)
 
-    def _expire(self, waiting: deque[_Job]) -> None:
+    def _expire(self, waiting: deque[Job]) -> None:
         """Drop the waiting jobs whose client left, and fail those that waited too long."""
         limit = self.config.queue_timeout
         now = time.monotonic()
@@ -357,12 +300,12 @@ class Engine:
                     "queue_timeout"))
                 self._finish_job(job, "cancelled")
 
-    def _step(self, active: list[_Job]) -> None:
+    def _step(self, active: list[Job]) -> None:
         """One decode of every running sequence's next token plus prompt chunks, then sampling."""
         for job in [job for job in active if job.generation.cancelled]:
             active.remove(job)
             self._finish_job(job, "cancelled")
-        readers: list[tuple[int, list[_Sequence]]] = []
+        readers: list[tuple[int, list[Sequence]]] = []
         batch = BatchWriter(self._batch, self.config.n_batch)
         for job in active:
             if job.prefilled:
@@ -395,7 +338,7 @@ class Engine:
             active.remove(job)
             self._finish_job(job, "stop")
 
-    def _add_prompt_chunk(self, batch: BatchWriter, job: _Job) -> int:
+    def _add_prompt_chunk(self, batch: BatchWriter, job: Job) -> int:
         """Prompt tokens into the first sequence only (streams cannot share a token)."""
         prompt = job.request.prompt_tokens
         slot = job.sequences[0].slot
@@ -406,7 +349,7 @@ class Engine:
             job.prompt_read = position + 1
         return index
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _accept(self, seq: Sequence, token: int) -> None:
         """Turn a sampled token into released text, and decide whether the sequence ends."""
         job = seq.job
         if job.first_token_at is None:
@@ -426,7 +369,7 @@ class Engine:
         elif seq.generated >= job.request.max_tokens:
             self._finish_sequence(seq, "length")
 
-    def _finish_sequence(self, seq: _Sequence, reason: str) -> None:
+    def _finish_sequence(self, seq: Sequence, reason: str) -> None:
         seq.done = True
         if reason == "cancelled":
             return
@@ -435,7 +378,7 @@ class Engine:
             seq.job.generation.publish(TextDelta(seq.index, tail))
         seq.job.generation.publish(ChoiceFinished(seq.index, reason, seq.generated))
 
-    def _finish_job(self, job: _Job, reason: str) -> None:
+    def _finish_job(self, job: Job, reason: str) -> None:
         """End every live sequence with `reason`, release its slots, close the stream, count it."""
         for seq in job.live:
             self._finish_sequence(seq, reason)
@@ -446,7 +389,7 @@ class Engine:
         self._account(job, job.outcome or ("cancelled" if reason == "cancelled" else "completed"))
         job.generation.publish(GenerationDone(len(job.request.prompt_tokens)))
 
-    def _account(self, job: _Job, outcome: str) -> None:
+    def _account(self, job: Job, outcome: str) -> None:
         now = time.monotonic()
         self.metrics.requests.labels(outcome).inc()
         generated = sum(seq.generated for seq in job.sequences)
@@ -457,7 +400,7 @@ class Engine:
             self._demand -= job.request.n
             self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (now - job.submitted)
 
-    def _shut_down(self, jobs: list[_Job]) -> None:
+    def _shut_down(self, jobs: list[Job]) -> None:
         for job in jobs:
             job.outcome = "failed"
             job.generation.publish(GenerationFailed("the server is shutting down", "shutting_down"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import select
 import signal
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from convert.synthetic import SyntheticShape, write_synthetic
 from edge.engine import backends
 from edge.engine.llama_model import route_llama_log
 from edge.plan.gguf_info import WeightTypes
+
+log = logging.getLogger("edge.plan")
 
 CHOICES = ("auto", *backends.CPU_KERNELS)
 PROBE_VERSION = 1  # bump when the probe's workload changes: older cached trials no longer compare
@@ -91,8 +95,10 @@ def validate_choice(value: str) -> str:
     return value
 
 
-def choose(requested: str, model: WeightTypes, threads: int, cache_dir: Path) -> KernelChoice:
-    """The kernels to load `model` with; ValueError when a forced choice cannot run here."""
+def choose(requested: str, model: WeightTypes, threads: int, cache_dir: Path,
+           busy: Callable[[], str] | None = None) -> KernelChoice:
+    """The kernels to load `model` with; ValueError when a forced choice cannot run here.
+    `busy` says why the machine is too busy for trustworthy timings (default: machine_busy)."""
     validate_choice(requested)
     started = time.monotonic()
     if requested == "plain":
@@ -102,7 +108,7 @@ def choose(requested: str, model: WeightTypes, threads: int, cache_dir: Path) ->
     candidates = backends.offered_kernels() if requested == "auto" else [requested]
     for kernel in candidates:
         backends.kernel_buffer_types(kernel)  # ValueError for a forced kernel this build lacks
-    trials, cached = _trials(candidates, model, threads, cache_dir)
+    trials, cached = _trials(candidates, model, threads, cache_dir, busy or machine_busy)
     seconds = time.monotonic() - started
     if requested != "auto":
         if not trials[0].ok:
@@ -134,20 +140,27 @@ def pick(survivors: list[Trial]) -> Trial:
     return max(tied, key=lambda trial: backends.CPU_KERNELS.index(trial.kernel))
 
 
-def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: Path) -> tuple[tuple[Trial, ...], bool]:
+def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: Path,
+            busy_check: Callable[[], str]) -> tuple[tuple[Trial, ...], bool]:
     """Each candidate's trial, from the cache or probed now (all of the missing ones on one model file)."""
     key = cache_key(model, threads)
     cache_path = cache_dir / CACHE_FILE
     known = _read_cache(cache_path).get(key, {})
     missing = [kernel for kernel in candidates if kernel not in known]
     if missing:
+        busy = busy_check()
         with tempfile.TemporaryDirectory(prefix="edge-probe-") as folder:
             route_llama_log()  # the quantizer's per-tensor lines go to the debug log, not the console
             synthetic = write_synthetic(Path(folder) / "probe.gguf", probe_file_type(model), probe_shape(model),
                                         threads=threads, **_edge_types(model))
             for trial in measure_kernels(synthetic, missing, threads):
                 known[trial.kernel] = asdict(trial)
-        _write_cache(cache_path, key, known)
+        if busy:
+            # Timings taken while other work competes for the cores rank kernels by luck: use this
+            # verdict for this start only, and probe again at the next.
+            log.warning("CPU kernel probe ran on a busy machine (%s); its verdict is not cached", busy)
+        else:
+            _write_cache(cache_path, key, known)
     return tuple(Trial(**known[kernel]) for kernel in candidates), not missing
 
 
@@ -258,6 +271,17 @@ def _edge_types(model: WeightTypes) -> dict[str, int]:
     differently for the probe's small vocabulary."""
     chosen = {"token_embd_type": model.type_of("token_embd.weight"), "output_type": model.type_of("output.weight")}
     return {key: int(gguf.GGMLQuantizationType[name]) for key, name in chosen.items() if name}
+
+
+def machine_busy() -> str:
+    """Why the machine is too busy for timings to be trusted ('' when it is not): a 1-minute load
+    average at or above the number of cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cores = os.cpu_count() or 1
+    return f"load average {load:.1f} on {cores} cores" if load >= cores else ""
 
 
 def cache_key(model: WeightTypes, threads: int) -> str:

@@ -20,6 +20,7 @@ from edge.plan.gguf_info import weight_types
 from support import EMBEDDED_GGUF, Server
 
 THREADS = 2
+QUIET = lambda: ""  # noqa: E731 - the machine counts as quiet, so verdicts are cached whatever the load
 CPU_FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
 
 
@@ -32,7 +33,7 @@ def model():
 def probed(model, tmp_path_factory):
     """One real probe of every candidate this build offers, in a cache of its own."""
     cache = tmp_path_factory.mktemp("kernels")
-    return cache, choose("auto", model, THREADS, cache)
+    return cache, choose("auto", model, THREADS, cache, busy=QUIET)
 
 
 def test_auto_probes_every_offered_kernel_and_picks_the_fastest_survivor(probed) -> None:
@@ -58,9 +59,15 @@ def test_a_second_start_reads_the_verdict_from_the_cache(probed, model, monkeypa
     cache, first = probed
     # Were anything probed again, the plain kernels' child would now die.
     monkeypatch.setenv(FAULT_ENV, "plain")
-    again = choose("auto", model, THREADS, cache)
+    again = choose("auto", model, THREADS, cache, busy=QUIET)
     assert again.cached and again.trials == first.trials and again.kernel == first.kernel
     assert "probe, cached" in again.line()
+
+
+def test_a_verdict_taken_on_a_busy_machine_is_not_kept(model, tmp_path) -> None:
+    choice = choose("auto", model, THREADS, tmp_path, busy=lambda: "load average 9.0 on 2 cores")
+    assert choice.trials and not choice.cached
+    assert not (tmp_path / CACHE_FILE).exists()
 
 
 def test_a_kernel_that_kills_its_probe_is_never_chosen(probed, model, tmp_path, monkeypatch) -> None:
