@@ -4,53 +4,112 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from servers import SERVERS, Failure, label  # noqa: E402
 
-COLORS = {"edge": "tab:blue", "llama-server": "tab:orange", "llama-cpp-python": "tab:green"}
+COLORS = {"edge": "tab:blue", "llama-server": "tab:orange", "llama-server-norepack": "tab:brown",
+          "llama-cpp-python": "tab:green"}
+# Shorter names under the bars, where four long ones would overlap.
+PLOT_LABELS = {"llama-server": "llama-server\n(default)", "llama-server-norepack": "llama-server\n--no-repack"}
+LLAMA_SERVERS = ("llama-server", "llama-server-norepack")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the report says beside the figures: edge's CPU kernel decision, whether llama-server
+    was built with AMX, and the servers that crashed or failed."""
+
+    edge_kernel: str | None = None  # amx, repack or plain; None when undecided or unknown
+    edge_kernel_line: str = ""  # edge's own `CPU kernels: ...` line
+    llama_server_amx: bool | None = None  # None: its system info could not be read
+    llama_server_system_info: str = ""
+    failures: dict[str, Failure] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> RunContext:
+        """From serve.json's "context"; a serve.json written before it existed gives an empty one."""
+        if not data:
+            return cls()
+        failures = {name: Failure(**fields) for name, fields in data.get("failures", {}).items()}
+        return cls(**{**data, "failures": failures})
+
+
+def matching_llama_servers(kernel: str | None, amx: bool | None) -> tuple[tuple[str, ...], str]:
+    """The llama-server variants whose CPU kernels are edge's (`kernel`), and why: ratios against
+    any other would measure the kernels, not the servers."""
+    both = LLAMA_SERVERS
+    if kernel == "plain":
+        return ("llama-server-norepack",), ("edge runs plain kernels (llama.cpp's extra buffer types off), "
+                                            "which is llama-server's `--no-repack`")
+    if kernel == "amx":
+        return ("llama-server",), "edge runs llama.cpp's default AMX kernels, which is llama-server's default"
+    if kernel == "repack":
+        if amx is False:
+            return ("llama-server",), ("edge runs repacked weights without AMX; this llama-server build has no "
+                                       "AMX kernels (no AMX_INT8 in its system info), so its default is the same")
+        why = "it has AMX kernels" if amx else "whether it has AMX kernels could not be read"
+        return both, ("edge runs repacked weights without AMX, which this llama-server build cannot be told to "
+                      f"do ({why}): no exact match, so the ratios are given against both variants")
+    return both, "edge's kernel decision is unknown: the ratios are given against both llama-server variants"
+
+
+def _names(names: list[str]) -> list[str]:
+    return [PLOT_LABELS.get(name, label(name)) for name in names]
 
 
 def _bars(ax, names: list[str], values: list[float], title: str, unit: str) -> None:
-    ax.bar(names, values, color=[COLORS.get(n, "gray") for n in names])
+    ax.bar(_names(names), values, color=[COLORS.get(n, "gray") for n in names])
     ax.set_title(title)
     ax.set_ylabel(unit)
+    ax.tick_params(axis="x", labelsize=8)
     for index, value in enumerate(values):
         ax.annotate(f"{value:.3g}", (index, value), ha="center", va="bottom")
 
 
 def _plots(out: Path, results: dict) -> list[str]:
+    """The three PNGs, of the servers that were measured (a crashed one has no figures)."""
     names = list(results)
+    if not names:
+        return []
     files = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     _bars(axes[0], names, [results[n]["single"]["ttft_s"] * 1000 for n in names], "Single client: time to first token", "ms")
     _bars(axes[1], names, [results[n]["single"]["decode_tps"] for n in names], "Single client: decode rate", "tokens/s")
     files.append(_save(fig, out / "serve_single.png"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in names:
         rows = results[name]["concurrency"]
         clients = [row["clients"] for row in rows]
-        axes[0].plot(clients, [row["aggregate_tps"] for row in rows], "o-", label=name, color=COLORS.get(name))
-        axes[1].plot(clients, [row["p50_s"] for row in rows], "o-", label=f"{name} p50", color=COLORS.get(name))
-        axes[1].plot(clients, [row["p95_s"] for row in rows], "o--", label=f"{name} p95", color=COLORS.get(name))
+        color, text = COLORS.get(name), label(name)
+        axes[0].plot(clients, [row["aggregate_tps"] for row in rows], "o-", label=text, color=color)
+        axes[1].plot(clients, [row["p50_s"] for row in rows], "o-", label=f"{text} p50", color=color)
+        axes[1].plot(clients, [row["p95_s"] for row in rows], "o--", label=f"{text} p95", color=color)
     axes[0].set(title="Aggregate completion tokens/s", xlabel="concurrent clients", ylabel="tokens/s")
     axes[1].set(title="Request latency", xlabel="concurrent clients", ylabel="s")
     for ax in axes:
         ax.legend(fontsize=7)
         ax.set_xticks([1, 4, 8])
     files.append(_save(fig, out / "serve_concurrency.png"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.38
     for index, name in enumerate(names):
         conv = results[name]["conversation"]
         axes[0].bar([index - width / 2], [conv["first_ttft_s"] * 1000], width, color="lightgray")
         axes[0].bar([index + width / 2], [conv["second_ttft_s"] * 1000], width, color=COLORS.get(name))
-    axes[0].set_xticks(range(len(names)), names)
+    axes[0].set_xticks(range(len(names)), _names(names))
+    axes[0].tick_params(axis="x", labelsize=8)
     axes[0].set(title="~1500-token conversation: TTFT, turn 1 (gray) vs turn 2", ylabel="ms")
     _bars(axes[1], names, [results[n]["n2"]["ratio"] for n in names], "n=2 wall time / n=1 wall time", "ratio")
     files.append(_save(fig, out / "serve_conversation_n2.png"))
@@ -64,7 +123,11 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _ratio(results: dict, other: str, pick) -> str:
+def _ratio(results: dict, failures: dict[str, Failure], other: str, pick) -> str:
+    """edge's figure over `other`'s, or why there is none."""
+    for name in ("edge", other):
+        if name in failures:
+            return f"edge {failures[name].outcome}" if name == "edge" else failures[name].outcome
     if "edge" not in results or other not in results:
         return "n/a"
     theirs = pick(results[other])
@@ -78,54 +141,105 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, edge at {commit}"
 
 
-def write_report(out: Path, settings, results: dict, load: dict) -> None:
-    images = _plots(out, results)
-    at = {name: {row["clients"]: row for row in results[name]["concurrency"]} for name in results}
-    lines = [
+def _failure_note(name: str, failure: Failure, context: RunContext) -> str:
+    """`llama-server (default): crashed with SIGILL on its first request — why; see llama-server.log`."""
+    why = ""
+    if name == "llama-server" and failure.died and context.llama_server_amx:
+        probe = re.search(r"amx (crashed|failed|timed out)[^;)]*\)?", context.edge_kernel_line)
+        why = (" — llama.cpp's default puts the weights in AMX buffers on this AMX build (AMX_INT8 = 1), "
+               "and its AMX kernels fault on this machine"
+               + (f" (edge's probe found the same: {probe.group(0)})" if probe else ""))
+    elif name == "llama-cpp-python" and failure.died:
+        why = (" — its server has no setting to turn llama.cpp's extra buffer types off, so where its "
+               "build has AMX kernels it runs them")
+    tail = f" Its log's last line: `{failure.log_tail}`." if failure.log_tail and failure.outcome != "crashed" else ""
+    return f"- **{label(name)}: {failure.sentence()}**{why}; see {name}.log. Its figures are left out.{tail}"
+
+
+def _header(settings, load: dict, context: RunContext, matched: tuple[str, ...], reason: str) -> list[str]:
+    kernel = f"edge decided `{context.edge_kernel}`" if context.edge_kernel else "edge's decision unknown"
+    amx = {True: "yes (AMX_INT8 = 1 in its system info)", False: "no (no AMX_INT8 in its system info)",
+           None: "unknown (its system info could not be read)"}[context.llama_server_amx]
+    return [
         "# Serving benchmark", "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` (bench/serve_bench.py).", "",
         f"- Machine: {_machine()}.",
         f"- Load average (1/5/15 min) before: {load['before']}, after: {load['after']}. This machine is "
         "shared with other engineers' builds and test runs: absolute figures are noisy, ratios measured "
         "minutes apart on the same machine less so.",
-        f"- Model: `{settings.gguf.name}` for all three; {settings.parallel} slots of {settings.ctx_per_slot} "
-        f"tokens (llama-server `-np {settings.parallel} -c {settings.parallel * settings.ctx_per_slot}`; "
-        f"llama-cpp-python's server has no slots: one context of {settings.ctx_per_slot}), "
+        f"- CPU kernels: {kernel} — `{context.edge_kernel_line}` (edge's own probe and cache, for "
+        f"these threads, as its server decides at start). llama-server built with AMX kernels: {amx}. "
+        f"Ratios are taken against {' and '.join(label(n) for n in matched)}: {reason}.",
+        f"- Model: `{settings.gguf.name}` for all; {settings.parallel} slots of {settings.ctx_per_slot} "
+        f"tokens (llama-server `-np {settings.parallel} -c {settings.parallel * settings.ctx_per_slot}`, once with "
+        "its defaults and once with `--no-repack`; "
+        f"llama-cpp-python's server has no slots: one context of {settings.ctx_per_slot}, and no setting "
+        "to turn llama.cpp's repacking off, so it runs llama.cpp's default kernels), "
         f"{settings.threads} threads, batch {settings.batch}, greedy"
         + (", every layer on the GPU." if settings.gpu_layers == -1 else
            f", {settings.gpu_layers} layers on the GPU." if settings.gpu_layers else "."),
-        "- Method: all three servers are up at once (an idle one costs nothing); each phase runs on each "
+        "- Method: all servers are up at once (an idle one costs nothing); each phase runs on each "
         "server in turn, the order rotating every round, and every figure is the median over the rounds, "
-        "so that the machine's changing load hits all three alike. Throughput and n=2 use raw completions "
+        "so that the machine's changing load hits all alike. Throughput and n=2 use raw completions "
         "of a counting prompt that this model continues at temperature 0, so every server generates "
-        "exactly max_tokens (none stops early at an end-of-sequence); the conversation uses chat.", "",
-        "## Ratios (edge / other; > 1 is better for throughput, < 1 for times)", "",
-        "| Figure | vs llama-server | vs llama-cpp-python | target |", "| --- | --- | --- | --- |",
-        f"| single client decode tokens/s | {_ratio(results, 'llama-server', lambda r: r['single']['decode_tps'])} "
-        f"| {_ratio(results, 'llama-cpp-python', lambda r: r['single']['decode_tps'])} | >= 0.95x llama-server |",
-        f"| single client TTFT | {_ratio(results, 'llama-server', lambda r: r['single']['ttft_s'])} "
-        f"| {_ratio(results, 'llama-cpp-python', lambda r: r['single']['ttft_s'])} | |",
+        "exactly max_tokens (none stops early at an end-of-sequence); the conversation uses chat. "
+        "A server that crashes or fails is stopped and the others go on.",
+        *[_failure_note(name, failure, context) for name, failure in context.failures.items()],
     ]
+
+
+def _ratio_table(results: dict, context: RunContext, matched: tuple[str, ...]) -> list[str]:
+    others = [*matched, "llama-cpp-python"]
+
+    def row(title: str, pick, target: str = "") -> str:
+        cells = " | ".join(_ratio(results, context.failures, other, pick) for other in others)
+        return f"| {title} | {cells} | {target} |"
+
+    lines = ["## Ratios (edge / other; > 1 is better for throughput, < 1 for times)", "",
+             f"| Figure | {' | '.join(f'vs {label(other)}' for other in others)} | target |",
+             "| --- |" + " --- |" * (len(others) + 1),
+             row("single client decode tokens/s", lambda r: r["single"]["decode_tps"], ">= 0.95x llama-server"),
+             row("single client TTFT", lambda r: r["single"]["ttft_s"])]
     for clients in (1, 4, 8):
-        lines.append(
-            f"| {clients} clients aggregate tokens/s "
-            f"| {_ratio(results, 'llama-server', lambda r, c=clients: _row(r, c)['aggregate_tps'])} "
-            f"| {_ratio(results, 'llama-cpp-python', lambda r, c=clients: _row(r, c)['aggregate_tps'])} "
-            f"| {'>= 1.0x llama-server, >= 3x llama-cpp-python' if clients == 4 else ''} |")
-    lines += ["", "## Figures", "", "| Server | TTFT ms | decode tok/s | agg tok/s 1/4/8 clients | p50 s 1/4/8 "
-              "| p95 s 1/4/8 | conv. TTFT turn 1 / turn 2 ms (ratio) | n=1 / n=2 s (ratio) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, result in results.items():
+        target = ">= 1.0x llama-server, >= 3x llama-cpp-python" if clients == 4 else ""
+        lines.append(row(f"{clients} clients aggregate tokens/s",
+                         lambda r, c=clients: _row(r, c)["aggregate_tps"], target))
+    return lines
+
+
+def _figures_table(results: dict, failures: dict[str, Failure], order: list[str]) -> list[str]:
+    at = {name: {row["clients"]: row for row in results[name]["concurrency"]} for name in results}
+    lines = ["## Figures", "", "| Server | TTFT ms | decode tok/s | agg tok/s 1/4/8 clients | p50 s 1/4/8 "
+             "| p95 s 1/4/8 | conv. TTFT turn 1 / turn 2 ms (ratio) | n=1 / n=2 s (ratio) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in order:
+        if name in failures:
+            lines.append(f"| {label(name)} | {failures[name].sentence()} |" + " — |" * 6)
+            continue
+        result = results[name]
         rows = [at[name][c] for c in (1, 4, 8)]
         conv, n2 = result["conversation"], result["n2"]
         n2_note = "" if n2["n2_choices"] == 2 else f" ({n2['n2_choices']} choice returned: n ignored)"
         lines.append(
-            f"| {name} | {result['single']['ttft_s'] * 1000:.0f} | {result['single']['decode_tps']:.1f} "
+            f"| {label(name)} | {result['single']['ttft_s'] * 1000:.0f} | {result['single']['decode_tps']:.1f} "
             f"| {_joined(rows, 'aggregate_tps', '.1f')} "
             f"| {_joined(rows, 'p50_s', '.2f')} | {_joined(rows, 'p95_s', '.2f')} "
             f"| {conv['first_ttft_s'] * 1000:.0f} / {conv['second_ttft_s'] * 1000:.0f} ({conv['ratio']:.2f}) "
             f"| {n2['n1_s']:.2f} / {n2['n2_s']:.2f} ({n2['ratio']:.2f}){n2_note} |")
-    lines += ["", "Targets on edge alone: second-turn TTFT <= 0.2x first-turn; n=2 <= 1.3x the time of n=1.", ""]
+    return lines
+
+
+def write_report(out: Path, settings, results: dict, load: dict, context: RunContext | None = None) -> None:
+    """serve.md and the plots in `out`; `context` says what crashed and which llama-server matches edge."""
+    context = context or RunContext()
+    images = _plots(out, results)
+    matched, reason = matching_llama_servers(context.edge_kernel, context.llama_server_amx)
+    ran = set(results) | set(context.failures)
+    order = sorted(ran, key=lambda name: SERVERS.index(name) if name in SERVERS else len(SERVERS))
+    lines = [*_header(settings, load, context, matched, reason), "",
+             *_ratio_table(results, context, matched), "",
+             *_figures_table(results, context.failures, order), "",
+             "Targets on edge alone: second-turn TTFT <= 0.2x first-turn; n=2 <= 1.3x the time of n=1.", ""]
     lines += [f"![{image}]({image})" for image in images]
     lines += ["", "Raw numbers, token counts included: serve.json. Server logs: *.log beside this file.", ""]
     (out / "serve.md").write_text("\n".join(lines))

@@ -1,7 +1,10 @@
 """Serving benchmark: edge against llama.cpp's llama-server and llama-cpp-python's server.
 
-Same GGUF (the embedded SmolLM2), slots, context per slot, threads and batch size for all three,
-started one at a time on this machine. Writes bench/reports/serve.md, serve.json and PNG plots.
+Same GGUF (the embedded SmolLM2), slots, context per slot, threads and batch size for all of them,
+on this machine. llama-server runs twice, with its defaults and with --no-repack; edge's ratios
+are taken against the one whose CPU kernels match edge's own decision (report.matching_llama_servers).
+A server that crashes is reported as such and the others are still measured.
+Writes bench/reports/serve.md, serve.json and PNG plots.
 
     make bench                       # or: .venv/bin/python bench/serve_bench.py [--quick]
 
@@ -16,20 +19,24 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_report  # noqa: E402
-from servers import RunningServer, Settings, available  # noqa: E402
+from report import RunContext, write_report  # noqa: E402
+from servers import SERVERS, Failure, RunningServer, ServerFailed, Settings, available, llama_server_amx  # noqa: E402
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model  # noqa: E402
 from edge.engine.llama_model import LlamaModel  # noqa: E402
+from edge.plan.placement import cpu_kernels  # noqa: E402
+from edge.settings import Settings as EdgeSettings  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent / "reports"
-SERVERS = ("edge", "llama-server", "llama-cpp-python")
+T = TypeVar("T")
 COLORS = ["red", "blue", "green", "amber", "violet", "silver", "copper", "teal"]
 THINGS = ["lamp", "kettle", "violin", "compass", "ladder", "teapot", "globe", "clock"]
 
@@ -133,6 +140,7 @@ def _percentile(values: list[float], percent: float) -> float:
 
 
 PHASES = ("single", "concurrency", "conversation", "n2")
+PHASE_TITLES = {"single": "single-client", "concurrency": "concurrency", "conversation": "conversation", "n2": "n=2"}
 
 
 def run_phase(phase: str, server: RunningServer, model: LlamaModel, salt: int, quick: bool):
@@ -166,26 +174,76 @@ def summarize(rounds: list[dict]) -> dict:
 
 
 def measure_all(names: list[str], settings: Settings, model: LlamaModel, rounds: int, quick: bool,
-                reports: Path) -> dict:
+                reports: Path) -> tuple[dict, dict[str, Failure]]:
     """All servers up at once (idle ones cost nothing), each phase run on each server in turn,
-    rotating the order every round, so that the machine's changing load hits all alike."""
-    servers = {}
+    rotating the order every round, so that the machine's changing load hits all alike.
+    A server that crashes or fails drops out with its Failure; the others go on."""
+    servers: dict[str, RunningServer] = {}
+    failures: dict[str, Failure] = {}
     try:
         for name in names:
-            servers[name] = RunningServer(name, settings, reports)
-            complete(servers[name], count_prompt(0), 8)  # warm-up: first-use allocations are not measured
-        measured = {name: [{} for _ in range(rounds)] for name in names}
+            server = _start(name, settings, reports, failures)
+            if server:
+                servers[name] = server
+        measured = {name: [{} for _ in range(rounds)] for name in servers}
         for round_index in range(rounds):
-            order = names[round_index % len(names):] + names[:round_index % len(names)]
             for phase_index, phase in enumerate(PHASES):
+                active = [name for name in names if name in servers and name not in failures]
+                shift = round_index % len(active) if active else 0
                 salt = 10000 * (round_index + 1) + 1000 * phase_index
-                for name in order:
+                for name in active[shift:] + active[:shift]:
                     print(f"round {round_index + 1}: {phase} on {name}", file=sys.stderr)
-                    measured[name][round_index][phase] = run_phase(phase, servers[name], model, salt, quick)
-        return {name: summarize(measured[name]) for name in names}
+                    where = f"round {round_index + 1}, {PHASE_TITLES[phase]} phase"
+                    figures = _attempt(servers[name], where, failures, run_phase, phase, servers[name], model, salt, quick)
+                    measured[name][round_index][phase] = figures
+        # A server that failed part-way has figures for some rounds only: none of them are kept.
+        return {name: summarize(measured[name]) for name in servers if name not in failures}, failures
     finally:
         for server in servers.values():
             server.stop()
+
+
+def _start(name: str, settings: Settings, reports: Path, failures: dict[str, Failure]) -> RunningServer | None:
+    """The server, started and warmed up (first-use allocations are not measured); None, with its
+    Failure recorded, when it does not survive that."""
+    try:
+        server = RunningServer(name, settings, reports)
+    except ServerFailed as error:
+        _record(name, error.failure, failures)
+        return None
+    _attempt(server, "first request", failures, complete, server, count_prompt(0), 8)
+    return None if name in failures else server
+
+
+def _attempt(server: RunningServer, phase: str, failures: dict[str, Failure], action: Callable[..., T], *args) -> T | None:
+    """`action(*args)`; when a request to `server` breaks, its Failure is recorded, the server
+    stopped, and None returned. Other errors are the benchmark's own and propagate."""
+    try:
+        return action(*args)
+    except httpx.HTTPError as error:
+        _record(server.name, server.failure(phase, error), failures)
+        server.stop()
+        return None
+
+
+def _record(name: str, failure: Failure, failures: dict[str, Failure]) -> None:
+    failures[name] = failure
+    print(f"{name}: {failure.sentence()} ({failure.log_tail or 'no log output'}); measuring the others",
+          file=sys.stderr)
+
+
+def edge_kernels(settings: Settings) -> tuple[str | None, str]:
+    """The CPU kernels `edge serve` decides on for this model and thread count, and its log line.
+
+    It is computed here by the call `edge serve` makes at start (--cpu-kernels and the probe's
+    cache folder from the same EDGE_* variables the server reads), before the servers start: the
+    server then finds the verdict in that cache and loads with exactly this choice. Its log
+    (--log-level warning, which keeps request logging out of its timings) would not show the line."""
+    try:
+        choice = cpu_kernels(EdgeSettings(threads=settings.threads), settings.gguf)
+    except ValueError as error:  # a forced choice that cannot run here, or no survivor
+        return None, f"CPU kernels: undecided ({error})"
+    return choice.kernel, choice.line()
 
 
 def main() -> int:
@@ -207,17 +265,22 @@ def main() -> int:
     model = LlamaModel(gguf)
     if args.report_only:  # re-render serve.md and the plots from serve.json
         saved = json.loads((reports / "serve.json").read_text())
-        write_report(reports, settings, saved["results"], saved["load"])
+        write_report(reports, settings, saved["results"], saved["load"], RunContext.from_json(saved.get("context")))
         return 0
     names = [name for name in args.servers.split(",") if available(name)]
     for name in set(args.servers.split(",")) - set(names):
         print(f"skipping {name}: not built (make bench-tools)", file=sys.stderr)
+    kernel, kernel_line = edge_kernels(settings)
+    print(kernel_line, file=sys.stderr)
+    amx, system_info = llama_server_amx() if any(n.startswith("llama-server") for n in names) else (None, "")
     load = {"before": _load()}
-    results = measure_all(names, settings, model, 1 if args.quick else args.rounds, args.quick, reports)
+    results, failures = measure_all(names, settings, model, 1 if args.quick else args.rounds, args.quick, reports)
     load["after"] = _load()
+    context = RunContext(kernel, kernel_line, amx, system_info, failures)
     saved_args = {**vars(args), "gguf": str(gguf), "reports": str(reports)}
-    (reports / "serve.json").write_text(json.dumps({"settings": saved_args, "load": load, "results": results}, indent=1))
-    write_report(reports, settings, results, load)
+    (reports / "serve.json").write_text(json.dumps({"settings": saved_args, "load": load, "context": context.to_json(),
+                                                    "results": results}, indent=1))
+    write_report(reports, settings, results, load, context)
     print(f"wrote {reports / 'serve.md'}", file=sys.stderr)
     return 0
 
