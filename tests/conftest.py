@@ -8,14 +8,21 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from support import API_KEY, EMBEDDED_MODEL, PRICE, PRICED_MODEL, TEST_CTX, DEFAULT_MODELS_DIR, Server, load_cards
+from support import API_KEY, EMBEDDED_GGUF, EMBEDDED_MODEL, PRICE, PRICED_MODEL, TEST_CTX, DEFAULT_MODELS_DIR, Server, load_cards
 
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every `edge serve` the tests start shares one CPU kernel cache, never the user's ~/.cache/edge."""
+    from edge.plan.cpu_kernels import choose
+    from edge.plan.gguf_info import weight_types
+
     previous = os.environ.get("EDGE_CACHE_DIR")
-    os.environ["EDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("edge-cache"))
+    cache = tmp_path_factory.mktemp("edge-cache")
+    os.environ["EDGE_CACHE_DIR"] = str(cache)
+    # Probe the embedded model once, up front, and keep the verdict even if the machine is busy (the
+    # test servers below start while others run): every later `edge serve --threads 2` of it reads it.
+    choose("auto", weight_types(EMBEDDED_GGUF), 2, cache, busy=lambda: "")
     yield
     if previous is None:
         os.environ.pop("EDGE_CACHE_DIR", None)
