@@ -3,9 +3,15 @@
 llama.cpp aborts its whole process when an RPC worker cannot be reached or goes away. Serving
 across workers therefore runs the model and its engine in a child process: the HTTP server
 tokenizes and renders prompts itself (with a vocabulary-only copy of the model), sends requests
-down a pipe and relays the events that come back. When the child dies, the requests it was
-running fail with a clear message, new ones are refused as unavailable (503 with Retry-After),
-and the child is started again until the model loads.
+down a pipe and relays the events that come back. When the child dies, exits, stops making sense
+(a message that cannot be read) or reports that its engine thread died, the requests it was
+running fail with "engine_unavailable", new ones are refused as unavailable (503 with
+Retry-After), and a new child is started until the model loads.
+
+Threads here: `submit` and `cancel` only queue messages, whichever thread calls them (the event
+loop, say); one writer thread per child sends them (child.PipeWriter); the supervisor thread
+reads the child's messages and restarts it. `_lock` guards the bookkeeping only and is never
+held while anything waits on the pipe (the child side works the same way; see child.py).
 """
 
 from __future__ import annotations
@@ -14,235 +20,303 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
-from pathlib import Path
+from multiprocessing.context import SpawnContext, SpawnProcess
 
-from edge.engine.engine import Engine, EngineConfig, check_fits
-from edge.engine.llama_model import LlamaModel, LoadOptions
+from edge.engine.child import ChildSpec, Message, PipeWriter, run_child
+from edge.engine.engine import check_fits
 from edge.engine.jobs import (
-    Cancellable, EngineRefusal, EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest,
+    EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest,
 )
 from edge.engine.metrics import SupervisorMetrics
+
+__all__ = ["RETRY_AFTER_SECONDS", "ChildSpec", "SupervisedEngine"]
 
 log = logging.getLogger("edge.supervisor")
 
 RETRY_AFTER_SECONDS = 5
-_POLL_SECONDS = 0.05  # how often cancellations are forwarded while waiting for events
 _METRICS_TIMEOUT = 2.0  # seconds GET /metrics waits for the child's figures
+_STOP_GRACE = 5.0  # seconds a child gets to end by itself before it is terminated, then killed
+_LOST = "the model worker process stopped (a llama.cpp RPC worker went away?); retry shortly"
+
+ChildMain = Callable[[ChildSpec, Connection], None]
 
 
-@dataclass(frozen=True)
-class ChildSpec:
-    """Everything the child needs to load the model; crosses the process boundary by pickling."""
+class _RemoteGeneration(Generation):
+    """A Generation whose first `cancel` queues a cancel message for the child at once.
 
-    model_path: Path
-    options: LoadOptions
-    config: EngineConfig
-    rpc_endpoints: tuple[str, ...] = ()
-    log_level: str = "INFO"
+    So a cancel reaches the child as soon as the writer thread gets to it, without anything
+    polling the generations for their flags.
+    """
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop,
+                 tell_child: Callable[[], None]) -> None:
+        super().__init__(request, loop)
+        self._tell_child: Callable[[], None] | None = tell_child
+        self._once = threading.Lock()
+
+    def cancel(self) -> None:
+        super().cancel()
+        with self._once:
+            tell, self._tell_child = self._tell_child, None
+        if tell is not None:
+            tell()
+
+    def settle(self) -> None:
+        """The child is done with this request: a later cancel (the API cancels every finished
+        generation) need not cross the pipe."""
+        with self._once:
+            self._tell_child = None
+
+
+class _Link:
+    """One child process: the process, the parent's end of its pipe, and the writer of that end."""
+
+    def __init__(self, context: SpawnContext, child_main: ChildMain, spec: ChildSpec,
+                 unsendable: Callable[[Message, Exception], Message | None]) -> None:
+        self.conn, child_end = context.Pipe()
+        self.process: SpawnProcess = context.Process(target=child_main, args=(spec, child_end), daemon=True,
+                                                     name="edge-engine")
+        try:
+            self.process.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child_end.close()  # the child holds its own copy: EOF here once it exits
+        self.writer = PipeWriter(self.conn, "edge-supervisor-send", unsendable, self._broken)
+        self._stopping = False
+
+    def post(self, message: Message) -> None:
+        self.writer.post(message)
+
+    def kill(self) -> None:
+        """End the child now; the reader then sees EOF."""
+        self.process.kill()
+
+    def stop(self) -> int | None:
+        """Ask the child to exit, then terminate it, then kill it, each after a bounded wait; its exit code."""
+        self._stopping = True
+        self.writer.post(("close",))
+        self.process.join(_STOP_GRACE)
+        for end in (self.process.terminate, self.process.kill):
+            if self.process.exitcode is None:
+                end()
+                self.process.join(2.0)
+        # A writer blocked on a dead child's pipe gets EPIPE; close the pipe only once nothing uses it.
+        if self.writer.close(2.0):
+            self.conn.close()
+        return self.process.exitcode
+
+    def _broken(self, error: Exception) -> None:
+        """The writer failed: the child is gone, or cannot be talked to; either way it is lost."""
+        if not self._stopping:
+            log.error("could not write to the engine process (%r); stopping it", error)
+            self.kill()
 
 
 class SupervisedEngine:
-    """Same `submit` as `Engine`, with the engine in a supervised child process."""
+    """An EngineClient (interface.py) whose engine runs in a supervised child process.
 
-    def __init__(self, spec: ChildSpec) -> None:
+    `child_main` is what the child runs (child.run_child: load the model and serve the pipe);
+    tests give one with a fake engine.
+    """
+
+    def __init__(self, spec: ChildSpec, child_main: ChildMain = run_child) -> None:
         self.config = spec.config
         # The engine's own metrics live in the child and are fetched through the pipe per scrape.
         self.metrics = SupervisorMetrics(self._child_metrics)
-        self._metrics_lock = threading.Lock()  # one scrape at a time waits for the child's reply
-        self._metrics_reply: bytes = b""
-        self._metrics_arrived = threading.Event()
         self._spec = spec
+        self._child_main = child_main
         self._context = multiprocessing.get_context("spawn")  # no fork of a process running threads
-        self._pending: dict[int, Generation] = {}
-        self._cancel_sent: set[int] = set()
-        self._ids = itertools.count()
-        self._lock = threading.Lock()  # guards _pending and sends on the pipe
-        self._conn: Connection | None = None
-        self._ready = threading.Event()
+        self._ids = itertools.count()  # request ids and scrape tokens, unique for this engine's life
+        self._lock = threading.Lock()  # guards the four fields below; never held while waiting on the pipe
+        self._link: _Link | None = None  # the current child, from its start until it is gone
+        self._ready = threading.Event()  # set while the current child serves
+        self._pending: dict[int, _RemoteGeneration] = {}
+        self._scrapes: dict[int, Future[bytes]] = {}
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="edge-supervisor", daemon=True)
         self._thread.start()
 
     @property
     def ready(self) -> bool:
+        """True only while a child is serving (not while it loads, restarts or is being replaced)."""
         return self._ready.is_set()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Generation:
+        """Queue `request` for the child and return at once; raises RequestInvalid or EngineUnavailable."""
         check_fits(request, self.config)
-        generation = Generation(request, loop)
         with self._lock:
-            if not self._ready.is_set() or self._conn is None:
+            link = self._link
+            if link is None or not self._ready.is_set():
                 self.metrics.unavailable.inc()
                 raise EngineUnavailable("the model is loading or its RPC workers are unreachable; retry shortly",
                                         RETRY_AFTER_SECONDS)
             request_id = next(self._ids)
+            generation = _RemoteGeneration(request, loop, lambda: link.post(("cancel", request_id)))
             self._pending[request_id] = generation
-            self._conn.send(("submit", request_id, request))
+        # Pickling a long prompt and sending it is the writer thread's work, not the event loop's.
+        link.post(("submit", request_id, request))
         return generation
 
     def retry_after(self) -> int:
         return RETRY_AFTER_SECONDS
 
-    def _child_metrics(self) -> bytes:
-        """The child engine's /metrics text, or nothing when it is down or does not answer in time."""
-        with self._metrics_lock:
-            self._metrics_arrived.clear()
-            with self._lock:
-                if self._conn is None:
-                    return b""
-                self._conn.send(("metrics",))
-            return self._metrics_reply if self._metrics_arrived.wait(_METRICS_TIMEOUT) else b""
-
     def close(self) -> None:
+        """Stop the child and the supervisor: bounded waits, the child killed if it does not exit."""
         self._closing.set()
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.send(("close",))
-                except OSError:
-                    pass
-        self._thread.join(timeout=30)
+            link = self._link
+        if link is not None:
+            link.post(("close",))  # it ends its running requests ("shutting_down") and exits
+        self._thread.join(_STOP_GRACE)
+        if self._thread.is_alive():  # the child is stuck (or still loading): the relay needs its EOF
+            with self._lock:
+                link = self._link
+            if link is not None:
+                link.kill()
+            self._thread.join(_STOP_GRACE)
+        if self._thread.is_alive():
+            log.error("the engine supervisor did not stop within %.0f s", 2 * _STOP_GRACE)
+
+    def _child_metrics(self) -> bytes:
+        """The child engine's /metrics text, or nothing when it is down or does not answer in time."""
+        reply: Future[bytes] = Future()
+        with self._lock:
+            link = self._link if self._ready.is_set() else None
+            if link is None:
+                return b""
+            token = next(self._ids)
+            self._scrapes[token] = reply
+        link.post(("metrics", token))
+        try:
+            return reply.result(_METRICS_TIMEOUT)
+        except TimeoutError:
+            return b""
+        finally:
+            with self._lock:
+                self._scrapes.pop(token, None)
 
     # --- supervisor thread -----------------------------------------------------------------
 
     def _supervise(self) -> None:
+        """Start a child, relay it until it is lost, start another after a back-off; until close()."""
         backoff = 1.0
         for attempt in itertools.count():
             if self._closing.is_set():
                 return
             if attempt:
                 self.metrics.restarts.inc()
-            parent_end, child_end = self._context.Pipe()
-            process = self._context.Process(target=_child_main, args=(self._spec, child_end), daemon=True)
-            process.start()
-            child_end.close()
             started = time.monotonic()
-            self._relay(parent_end)
-            process.join(timeout=10)
-            self._fail_pending("the model worker process stopped (a llama.cpp RPC worker went away?); retry shortly")
+            try:
+                code = self._run_child()
+            except Exception:  # starting it failed (out of processes, say): try again like any loss
+                log.exception("could not run the engine process")
+                code = None
             if self._closing.is_set():
                 return
-            log.error("engine process exited with code %s; restarting in %.0f s", process.exitcode, backoff)
+            log.error("engine process exited with code %s; restarting in %.0f s", code, backoff)
             backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
             self._closing.wait(backoff)
 
-    def _relay(self, conn: Connection) -> None:
-        """Pass events from the child to their generations until the pipe breaks."""
-        try:
-            if conn.recv() != ("ready",):
-                return
-            with self._lock:
-                self._conn = conn
-                self._ready.set()
-            self.metrics.up.set(1)
-            log.info("engine process ready")
-            while True:
-                self._forward_cancellations(conn)
-                if conn.poll(_POLL_SECONDS):
-                    request_id, event = conn.recv()
-                    if request_id == "metrics":  # the answer to _child_metrics
-                        self._metrics_reply = event
-                        self._metrics_arrived.set()
-                    else:
-                        self._deliver(request_id, event)
-        except (EOFError, OSError):
-            pass
-        finally:
-            self.metrics.up.set(0)
-            with self._lock:
-                self._ready.clear()
-                self._conn = None
-
-    def _forward_cancellations(self, conn: Connection) -> None:
+    def _run_child(self) -> int | None:
+        """One child's life: start, relay its messages until it is lost, fail what it ran, stop it."""
+        link = _Link(self._context, self._child_main, self._spec, self._unsendable)
         with self._lock:
-            for request_id, generation in self._pending.items():
-                if generation.cancelled and request_id not in self._cancel_sent:
-                    conn.send(("cancel", request_id))
-                    self._cancel_sent.add(request_id)
+            self._link = link
+        reason = _LOST
+        try:
+            if not self._closing.is_set():  # close() may have looked for a child before this one existed
+                reason = self._relay(link) or _LOST
+        except (EOFError, OSError):  # the child exited or was killed
+            pass
+        except Exception as error:  # a message that makes no sense, or a bug here: start afresh
+            log.exception("bad message from the engine process; replacing it")
+            reason = f"the model worker process failed ({error!r}); retry shortly"
+        finally:
+            self._detach(reason)
+        return link.stop()
+
+    def _relay(self, link: _Link) -> str | None:
+        """Pass the child's messages on until it goes; what it reported if it said why."""
+        if (first := link.conn.recv()) != ("ready",):
+            raise ValueError(f"expected ('ready',) from the engine process, got {first!r:.200}")
+        with self._lock:
+            self._ready.set()
+        self.metrics.up.set(1)
+        log.info("engine process ready")
+        while True:
+            kind, *rest = link.conn.recv()
+            if kind == "event":
+                self._deliver(*rest)
+            elif kind == "metrics":
+                self._scraped(*rest)
+            elif kind == "fatal":
+                log.error("engine process: %s", rest[0])
+                return f"the model worker process failed: {rest[0]}; retry shortly"
+            else:
+                raise ValueError(f"unknown message {kind!r:.200} from the engine process")
 
     def _deliver(self, request_id: int, event: Event) -> None:
+        if not isinstance(event, Event):
+            raise TypeError(f"not an engine event: {event!r:.200}")
         with self._lock:
             generation = self._pending.get(request_id)
             if isinstance(event, GenerationDone):
                 self._pending.pop(request_id, None)
-                self._cancel_sent.discard(request_id)
-        if generation is not None:
-            generation.publish(event)
+        if generation is None:
+            return
+        if isinstance(event, GenerationDone):
+            generation.settle()
+        generation.publish(event)
+        if generation.cancelled:
+            generation.cancel()  # its event loop is gone (publish set the flag): tell the child, once
 
-    def _fail_pending(self, message: str) -> None:
+    def _scraped(self, token: int, text: bytes) -> None:
+        if not isinstance(text, bytes):
+            raise TypeError(f"metrics reply is not bytes: {type(text).__name__}")
         with self._lock:
+            reply = self._scrapes.get(token)
+        if reply is not None and not reply.done():
+            reply.set_result(text)
+
+    def _detach(self, reason: str) -> None:
+        """The child serves no more: not ready, and everything it had is failed or answered now."""
+        failure = (GenerationFailed("the server is shutting down", "shutting_down") if self._closing.is_set()
+                   else GenerationFailed(reason, "engine_unavailable"))
+        with self._lock:
+            self._ready.clear()
+            self._link = None
             pending, self._pending = self._pending, {}
-            self._cancel_sent.clear()
+            scrapes, self._scrapes = self._scrapes, {}
+        self.metrics.up.set(0)
+        for reply in scrapes.values():
+            if not reply.done():
+                reply.set_result(b"")
         for generation in pending.values():
-            generation.publish(GenerationFailed(message, "engine_unavailable"))
-            generation.publish(GenerationDone(len(generation.request.prompt_tokens)))
+            self._end(generation, failure)
 
+    def _unsendable(self, message: Message, error: Exception) -> Message | None:
+        """The writer could not pickle `message`: a request that cannot cross the pipe fails alone."""
+        log.error("could not send a %r message to the engine process: %r", message[0], error)
+        if message[0] == "submit":
+            with self._lock:
+                generation = self._pending.pop(message[1], None)
+            if generation is not None:
+                self._end(generation, GenerationFailed(f"the request could not be passed to the engine "
+                                                       f"process: {error}", "invalid_request"))
+        return None  # nothing is sent instead
 
-class _PipeHandle(Cancellable):
-    """The child's stand-in for a Generation: events go back up the pipe."""
-
-    def __init__(self, request_id: int, request: GenerationRequest, conn: Connection, lock: threading.Lock,
-                 registry: dict[int, _PipeHandle]) -> None:
-        super().__init__(request)
-        self._id = request_id
-        self._conn = conn
-        self._lock = lock
-        self._registry = registry
-
-    def publish(self, event: Event) -> None:
-        with self._lock:
-            self._conn.send((self._id, event))
-            if isinstance(event, GenerationDone):
-                self._registry.pop(self._id, None)
-
-
-def _child_main(spec: ChildSpec, conn: Connection) -> None:
-    """Runs in the child: register workers, load, then serve requests from the pipe."""
-    from edge.rpc import local_accelerators, register_workers
-
-    os.environ["GGML_NO_BACKTRACE"] = "1"  # an abort here is expected; skip ggml's gdb backtrace
-    logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s engine-process %(name)s: %(message)s")
-    remote = register_workers(list(spec.rpc_endpoints))
-    for device in remote:
-        log.info("RPC device %s at %s: %.0f MiB free", device.name, device.endpoint, device.free_bytes / 2**20)
-    # Remote devices first, as llama.cpp orders them itself, then this machine's GPUs.
-    devices = [device.handle for device in remote] + local_accelerators()
-    model = LlamaModel(spec.model_path, replace(spec.options, devices=tuple(devices)))
-    engine = Engine(model, spec.config)
-    send_lock = threading.Lock()
-    handles: dict[int, _PipeHandle] = {}
-    conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            break
-        if message[0] == "close":
-            break
-        if message[0] == "metrics":
-            with send_lock:
-                conn.send(("metrics", engine.metrics.render()))
-        elif message[0] == "cancel":
-            with send_lock:
-                handle = handles.get(message[1])
-            if handle is not None:
-                handle.cancel()
-        elif message[0] == "submit":
-            _, request_id, request = message
-            handle = _PipeHandle(request_id, request, conn, send_lock, handles)
-            with send_lock:
-                handles[request_id] = handle
-            try:
-                engine.enqueue(handle)
-            except EngineRefusal as error:  # the same code as the in-process engine's refusal
-                handle.publish(GenerationFailed(error.message, error.code))
-                handle.publish(GenerationDone(len(request.prompt_tokens)))
-    engine.close()
+    @staticmethod
+    def _end(generation: _RemoteGeneration, failure: GenerationFailed) -> None:
+        generation.settle()
+        generation.publish(failure)
+        generation.publish(GenerationDone(len(generation.request.prompt_tokens)))
