@@ -32,6 +32,12 @@ class EdgeError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
+# Codes the request models raise themselves (pydantic_core.PydanticCustomError(code, ...)): each
+# error keeps its own; every other validation problem is an "invalid_value".
+_MODEL_CODES = frozenset({"invalid_value", "invalid_schema"})
+_NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type"})  # of the body itself
+
+
 def from_validation(error: RequestValidationError) -> EdgeError:
     """The most specific validation problem, phrased as `param: what is wrong`."""
     problems = error.errors()
@@ -40,11 +46,17 @@ def from_validation(error: RequestValidationError) -> EdgeError:
     # A value that fits no member of a union fails once per member: the deepest failure is the
     # one that says what is wrong (an image part in a text-only content list, say).
     first = max(problems, key=lambda problem: len(problem.get("loc", ())))
-    param = ".".join(_field_path(first.get("loc", ()))) or None
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _NOT_AN_OBJECT:
+        return EdgeError(400, "the request body must be a JSON object", None, "invalid_value")
+    code = first.get("type") if first.get("type") in _MODEL_CODES else "invalid_value"
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    given = (first.get("ctx") or {}).get("param")
+    if given:  # a check of the whole body names the place itself, and its message starts with it
+        return EdgeError(400, message, given, code)
+    param = ".".join(_field_path(first.get("loc", ()))) or None
     if param is None and ": " in message and " " not in message.split(": ", 1)[0]:
         param, message = message.split(": ", 1)  # model-level checks name their field first
-    return EdgeError(400, f"{param}: {message}" if param else message, param, "invalid_value")
+    return EdgeError(400, f"{param}: {message}" if param else message, param, code)
 
 
 def _field_path(location: tuple) -> list[str]:
@@ -71,6 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
             return EdgeError(404, f"no route {request.method} {request.url.path}", code="unknown_route").response()
+        if error.status_code == 400:  # FastAPI's own, when Python's JSON reader fails (too deep a body, say)
+            return EdgeError(400, "the request body could not be read as JSON (not UTF-8, nested too deeply, "
+                             "or a number too long)", None, "invalid_json").response()
         return EdgeError(error.status_code, str(error.detail)).response()
 
     async def unexpected(_: Request, error: Exception) -> JSONResponse:

@@ -2,16 +2,81 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from edge.chat.grammar import UnsupportedSchema, check_schema_bounds
 
 MAX_STOP_STRINGS = 16
+# The engine scans for each stop string at every token: a long one costs every step.
+MAX_STOP_CHARS = 1024
+MAX_TOOLS = 128  # OpenAI's own limit
+INT32_MAX = 2**31 - 1  # llama.cpp's top_k is an int32_t
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds: what OpenAI's clients send
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class _Lenient(BaseModel):
     # Clients send fields we do not use (user, logit_bias: null, ...): ignore them, as OpenAI does.
-    model_config = ConfigDict(extra="ignore")
+    # No field takes an infinity or a NaN (nor their spellings as strings, "inf", "NaN").
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+def invalid_value(value: Any) -> tuple[str, str] | None:
+    """(path, problem) for the first value anywhere in `value` that no request may hold: a string
+    with a lone surrogate (JSON's "\\ud800" escape; not Unicode, so it cannot be encoded as UTF-8)
+    or a number that is not finite (Python's JSON reader takes Infinity and NaN). None if there is
+    none. Iterative, so any nesting is safe; dict keys count as strings of their object."""
+    pending: list[tuple[tuple, Any]] = [((), value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if (found := _SURROGATE.search(item)) is not None:
+                code_point = f"\\u{ord(found.group()):04x}"
+                return _path(path), f"contains a lone surrogate ({code_point}), which is not valid Unicode"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return _path(path), f"must be a finite number, got {item}"
+        elif isinstance(item, dict):
+            if any(isinstance(key, str) and _SURROGATE.search(key) for key in item):
+                return _path(path), "has a key with a lone surrogate, which is not valid Unicode"
+            pending.extend(((*path, key), child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            pending.extend(((*path, index), child) for index, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _path(parts: tuple) -> str:
+    return ".".join(str(part) for part in parts)
+
+
+class _Body(_Lenient):
+    """A whole request body. Before any field is read, the raw body is checked once for values
+    no field type catches on its own (see `invalid_value`): they would fail later, as 500s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        problem = invalid_value(data)
+        if problem is not None:
+            path, message = problem
+            # errors.from_validation takes the param from the context: the path is not a field's.
+            raise PydanticCustomError("invalid_value", "{param}: {problem}" if path else "{problem}",
+                                      {"param": path or None, "problem": message})
+        return data
+
+
+def _bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema within the grammar's limits on nesting and size (grammar.check_schema_bounds)."""
+    try:
+        check_schema_bounds(schema)
+    except UnsupportedSchema as error:
+        raise PydanticCustomError("invalid_schema", "{problem}", {"problem": str(error)}) from error
+    return schema
 
 
 class TextPart(_Lenient):
@@ -72,6 +137,8 @@ class FunctionSpec(_Lenient):
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
 
+    _bounded = field_validator("parameters")(_bounded_schema)
+
 
 class ToolSpecIn(_Lenient):
     type: Literal["function"]
@@ -92,6 +159,8 @@ class JsonSchemaSpec(_Lenient):
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
+    _bounded = field_validator("schema_")(_bounded_schema)
+
 
 class ResponseFormat(_Lenient):
     type: Literal["text", "json_object", "json_schema"]
@@ -108,7 +177,7 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
-class SamplingFields(_Lenient):
+class SamplingFields(_Body):
     """Fields shared by /v1/chat/completions and /v1/completions. None means the default."""
 
     model: str
@@ -116,9 +185,9 @@ class SamplingFields(_Lenient):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     max_tokens: int | None = Field(None, ge=0, le=100_000)
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1, le=2)
@@ -132,6 +201,8 @@ class SamplingFields(_Lenient):
             raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
         if self.stop is not None and any(s == "" for s in self.stop_strings):
             raise ValueError("stop: stop strings must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in self.stop_strings):
+            raise ValueError(f"stop: a stop string may have at most {MAX_STOP_CHARS} characters")
         if self.stream and (self.n or 1) != 1:
             raise ValueError("n: streaming supports only n=1")
         return self
@@ -151,7 +222,7 @@ class SamplingFields(_Lenient):
 class ChatCompletionRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0, le=100_000)
-    tools: list[ToolSpecIn] | None = None
+    tools: list[ToolSpecIn] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None

@@ -42,7 +42,7 @@ class ChatTemplate:
         environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
             self._template = environment.from_string(source)
-        except jinja2.TemplateSyntaxError as error:
+        except jinja2.TemplateError as error:
             raise TemplateError(f"the chat template does not compile: {error}") from error
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -59,8 +59,11 @@ class ChatTemplate:
             return self._template.render(**context)
         except TemplateError:
             raise
-        except jinja2.TemplateError as error:
-            raise TemplateError(f"the chat template failed: {error}") from error
+        except Exception as error:
+            # A template is data that runs on the conversation: whatever it raises on these
+            # messages (jinja2's errors, or a TypeError, IndexError, ... from its expressions)
+            # is a conversation it cannot render, not a fault of the server.
+            raise TemplateError(f"the chat template failed: {type(error).__name__}: {error}") from error
 
 
 def alternate_turns(messages: list[ChatMessage]) -> list[ChatMessage]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from support import MODEL
 
@@ -87,3 +90,64 @@ def test_the_openai_client_raises_its_typed_errors(client):
         client.chat.completions.create(model=MODEL, messages=USER, temperature=5)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=USER)
+
+
+def post_raw(http, body: dict, path: str = "/v1/chat/completions"):
+    """The body as Python's json.dumps writes it: lone surrogates as \\ud800 escapes, Infinity and NaN bare."""
+    return http.post(path, content=json.dumps({"model": MODEL, **body}), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(("body", "param", "path"), [
+    ({"messages": [{"role": "user", "content": "a\ud800"}]}, "messages.0.content", "/v1/chat/completions"),
+    ({"messages": [{"role": "system", "content": "\ud800"}, *USER]}, "messages.0.content", "/v1/chat/completions"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}, "messages.0.content.0.text",
+     "/v1/chat/completions"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f", "description": "\ud800"}}]},
+     "tools.0.function.description", "/v1/chat/completions"),
+    ({"prompt": "\ud800"}, "prompt", "/v1/completions"),
+])
+def test_a_lone_surrogate_is_400_naming_the_field(http, body, param, path):
+    error = error_of(post_raw(http, body, path), 400)
+    assert (error["param"], error["code"]) == (param, "invalid_value") and "lone surrogate" in error["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("repetition_penalty", float("inf")), ("temperature", float("nan")),
+                                              ("top_p", float("-inf")), ("min_p", "NaN")])
+def test_numbers_that_are_not_finite_are_400(http, field, value):
+    error = error_of(post_raw(http, {"messages": USER, field: value}), 400)
+    assert error["param"] == field and "finite" in error["message"]
+
+
+def deep_schema(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": deep_schema(300)}}},
+     "response_format.json_schema.schema"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": deep_schema(300)}}],
+      "tool_choice": "required"}, "tools.0.function.parameters"),
+])
+def test_a_schema_nested_too_deep_is_400_at_once(http, body, param):
+    started = time.monotonic()
+    body = {"model": MODEL, "messages": USER, "max_tokens": 4, **body}
+    error = error_of(http.post("/v1/chat/completions", json=body), 400)
+    assert (error["param"], error["code"]) == (param, "invalid_schema") and "at most" in error["message"]
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("schema", [{"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}},
+                                    {"type": "string", "maxLength": 10**9}])
+def test_a_schema_that_would_break_the_grammar_is_400(http, schema):
+    body = {"model": MODEL, "messages": USER,
+            "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    assert error_of(http.post("/v1/chat/completions", json=body), 400)["code"] == "invalid_schema"
+
+
+@pytest.mark.parametrize(("field", "value"), [("seed", 2**64), ("top_k", 2**40), ("stop", "x" * 5000)])
+def test_numbers_and_stops_beyond_what_the_engine_takes_are_400(http, field, value):
+    assert error_of(http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, field: value}),
+                    400)["param"] == field

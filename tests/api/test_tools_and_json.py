@@ -146,3 +146,21 @@ def test_schema_keywords_the_grammar_cannot_enforce_are_refused(http, schema):
         response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, **body})
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_schema"
+
+
+# A closing tag the grammar makes the model write inside a string argument.
+TAG = {"type": "function", "function": {
+    "name": "tag", "description": "Records a tag",
+    "parameters": {"type": "object", "properties": {"tag": {"const": "</tool_call>"}}, "required": ["tag"]}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_closing_tag_inside_an_argument_does_not_cut_the_call(client, stream):
+    fields = dict(model=MODEL, messages=ASK, tools=[TAG], temperature=0, max_tokens=60,
+                  tool_choice={"type": "function", "function": {"name": "tag"}})
+    if stream:  # a stream cut short (an exception in the server) raises in the client
+        calls = [tc for chunk in client.chat.completions.create(stream=True, **fields)
+                 for tc in (chunk.choices[0].delta.tool_calls or [])]
+    else:
+        calls = client.chat.completions.create(**fields).choices[0].message.tool_calls
+    assert [json.loads(c.function.arguments) for c in calls] == [{"tag": "</tool_call>"}]

@@ -32,6 +32,13 @@ def test_template_exceptions_become_template_errors():
         ChatTemplate("{% if %}", "", "")
 
 
+@pytest.mark.parametrize("source", ["{{ messages[0].content + 1 }}", "{{ 1 / (messages | length - 1) }}",
+                                    "{{ messages[7].content.upper() }}", "{{ strftime_now(messages) }}"])
+def test_any_error_a_template_raises_on_a_conversation_is_a_template_error(source):
+    with pytest.raises(TemplateError, match="the chat template failed"):
+        ChatTemplate(source, "", "").render([ChatMessage("user", "Hi")])
+
+
 def test_alternate_turns_moves_system_first_and_merges_neighbours():
     turns = alternate_turns([ChatMessage("user", "a"), ChatMessage("system", "s"), ChatMessage("user", "b"),
                              ChatMessage("assistant", "c")])
