@@ -1,0 +1,60 @@
+"""The in-process engine: a decode thread that dies fails every request and says it is not ready;
+the batch can never be written past its end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import llama_cpp
+import pytest
+from support import EMBEDDED_GGUF
+
+from edge.engine.batch import BatchWriter
+from edge.engine.engine import Engine, EngineConfig
+from edge.engine.jobs import EngineUnavailable, GenerationDone, GenerationFailed, GenerationRequest
+from edge.engine.llama_model import LlamaModel
+
+
+class _DyingEngine(Engine):
+    """Fault injection: the first decode step raises, as a bug or a llama.cpp failure would."""
+
+    def _step(self, active) -> None:  # noqa: ANN001 - the engine's own list of jobs
+        raise RuntimeError("injected fault in the decode loop")
+
+
+def test_an_engine_thread_that_dies_fails_its_requests_and_refuses_new_ones() -> None:
+    model = LlamaModel(EMBEDDED_GGUF)
+    deaths: list[BaseException] = []
+    engine = _DyingEngine(model, EngineConfig(ctx_size=256, parallel=2, threads=2), deaths.append)
+
+    async def run() -> list[object]:
+        generation = engine.submit(GenerationRequest([1, 2, 3, 4], 8), asyncio.get_running_loop())
+        return [event async for event in generation.events()]
+
+    try:
+        events = asyncio.run(asyncio.wait_for(run(), timeout=60))
+        assert isinstance(events[0], GenerationFailed) and events[0].code == "engine_unavailable"
+        assert isinstance(events[-1], GenerationDone)
+        assert not engine.ready and len(deaths) == 1
+        with pytest.raises(EngineUnavailable):
+            engine.submit(GenerationRequest([1, 2, 3], 4), asyncio.new_event_loop())
+    finally:
+        engine.close()
+        model.close()
+
+
+def test_more_sequences_than_the_batch_holds_are_refused_at_configuration() -> None:
+    with pytest.raises(ValueError, match="must not exceed the batch size"):
+        EngineConfig(ctx_size=256, parallel=600, n_batch=512)
+
+
+def test_the_batch_writer_never_writes_past_its_capacity() -> None:
+    batch = llama_cpp.llama_batch_init(4, 0, 1)
+    try:
+        writer = BatchWriter(batch, 4)
+        for position in range(4):
+            writer.add(1, position, [0], False)
+        with pytest.raises(IndexError, match="the batch is full"):
+            writer.add(1, 4, [0], False)
+    finally:
+        llama_cpp.llama_batch_free(batch)
