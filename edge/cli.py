@@ -143,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge.api.app import create_app
+    from edge.api.shutdown import GracefulServer
     from edge.served import ServedModel
 
     settings = Settings(**_given(args, tuple(vars(args))))
@@ -151,15 +152,14 @@ def _serve(args: argparse.Namespace) -> int:
     served = ServedModel.load(settings, on_engine_death=lambda _: engine_died.set())
     try:
         app = create_app(served, settings.api_key_list)
-        # On SIGTERM/Ctrl-C uvicorn stops accepting, lets running requests finish for up to
-        # shutdown_timeout seconds, then cancels the rest; closing the engine fails what still waits.
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                               log_level=settings.log_level.lower(),
-                                               timeout_graceful_shutdown=settings.shutdown_timeout))
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+        # On SIGTERM/Ctrl-C: stop accepting, let running requests finish for shutdown_timeout seconds,
+        # then close the engine, which ends the rest with 503s / error events (edge/api/shutdown.py).
+        server = GracefulServer(config, settings.shutdown_timeout, served.engine.close)
         # If the engine thread dies, requests already get 503s and /health says so; the process then
         # exits (status 1) so that whatever supervises it (systemd, a container runtime) restarts it.
         threading.Thread(target=_stop_when, args=(engine_died, server), daemon=True).start()
-        server.run()
+        server.serve_until_stopped()
     finally:
         served.close()
     if engine_died.is_set():

@@ -35,7 +35,7 @@ from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
 from edge.engine.job import Job, Sequence
 from edge.engine.jobs import (
     ChoiceFinished, EngineUnavailable, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest,
-    QueueFull, RequestInvalid,
+    QueueFull, RequestInvalid, ShuttingDown,
     Started, TextDelta,
 )
 from edge.engine.llama_model import LlamaModel, ModelLoadError
@@ -117,6 +117,8 @@ class Engine:
         # subtracts), and the mean request duration that Retry-After is based on.
         self._lock = threading.Lock()
         self._demand = 0
+        self._closing = False  # set once by close(): refuse new requests
+        self._close_lock = threading.Lock()  # close() may come from a shutdown timer and from the owner
         self._mean_seconds = 1.0
         self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
         self._thread.start()
@@ -171,7 +173,7 @@ class Engine:
             self._release_demand(request.n)
             raise
         with self._lock:  # the death path drains the inbox under this lock: nothing is left behind
-            if self._died is None:
+            if self._died is None and not self._closing:
                 self._inbox.put(job)
                 return
             self._demand -= request.n
@@ -179,6 +181,8 @@ class Engine:
         self._refuse_if_dead()
 
     def _refuse_if_dead(self) -> None:
+        if self._closing:
+            raise ShuttingDown("the server is shutting down", self._retry_after_locked())
         if self._died is not None:
             raise EngineUnavailable("the engine has stopped; the server is restarting", self._retry_after_locked())
 
@@ -195,14 +199,18 @@ class Engine:
         return max(1, math.ceil(self._mean_seconds))
 
     def close(self) -> None:
-        """Stop the loop (running requests fail with a clear message) and free the context."""
-        if self._thread.is_alive():
-            self._inbox.put(None)
-            self._thread.join()
-        if self._ctx:
-            llama_cpp.llama_batch_free(self._batch)
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        """Stop the loop (running and queued requests fail with "shutting_down") and free the
+        context. Idempotent, and safe to call from any thread."""
+        with self._close_lock:
+            with self._lock:  # from here enqueue refuses: nothing lands in the inbox after the stop
+                self._closing = True
+            if self._thread.is_alive():
+                self._inbox.put(None)
+                self._thread.join()
+            if self._ctx:
+                llama_cpp.llama_batch_free(self._batch)
+                llama_cpp.llama_free(self._ctx)
+                self._ctx = None
 
     # --- engine thread -------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ stop matcher) and its timings. Owned by the engine thread alone."""
 
 from __future__ import annotations
 
-import codecs
 import random
 import time
 
@@ -12,6 +11,7 @@ from edge.engine.llama_model import LlamaModel
 from edge.engine.sampling import SamplerChain
 from edge.engine.slots import Slot
 from edge.engine.stops import StopMatcher
+from edge.engine.utf8 import GrammarUtf8Decoder
 
 
 class Sequence:
@@ -27,8 +27,9 @@ class Sequence:
         self.generated = 0
         self.done = False
         self.matcher = StopMatcher(job.request.stop)
-        # Tokens may end inside a multi-byte character: decode bytes incrementally.
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Tokens may end inside a multi-byte character: decode bytes incrementally, and read odd
+        # sequences as the grammar does, so that constrained output stays what it validated.
+        self.decoder = GrammarUtf8Decoder()
 
 
 class Job:

@@ -77,9 +77,15 @@ class EngineUnavailable(EngineRefusal):
     code = "engine_unavailable"
 
 
+class ShuttingDown(EngineRefusal):
+    """The server is stopping: it takes no new requests."""
+
+    code = "shutting_down"
+
+
 def refusal_for(code: str, message: str, retry_after: int | None = None) -> EngineRefusal:
     """The typed refusal for a failure code that crossed a process boundary as text."""
-    kinds = {kind.code: kind for kind in (RequestInvalid, QueueFull, EngineUnavailable)}
+    kinds = {kind.code: kind for kind in (RequestInvalid, QueueFull, EngineUnavailable, ShuttingDown)}
     refusal = kinds.get(code, EngineRefusal)(message, retry_after)
     refusal.code = code if code in FAILURE_STATUS else "engine_unavailable"
     return refusal

@@ -30,7 +30,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from edge.engine.child import ChildSpec, Message, PipeWriter, run_child
 from edge.engine.engine import check_fits
 from edge.engine.jobs import (
-    EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest,
+    EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, ShuttingDown,
 )
 from edge.engine.metrics import SupervisorMetrics
 
@@ -140,6 +140,7 @@ class SupervisedEngine:
         self._pending: dict[int, _RemoteGeneration] = {}
         self._scrapes: dict[int, Future[bytes]] = {}
         self._closing = threading.Event()
+        self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="edge-supervisor", daemon=True)
         self._thread.start()
 
@@ -154,6 +155,8 @@ class SupervisedEngine:
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Generation:
         """Queue `request` for the child and return at once; raises RequestInvalid or EngineUnavailable."""
         check_fits(request, self.config)
+        if self._closing.is_set():
+            raise ShuttingDown("the server is shutting down", RETRY_AFTER_SECONDS)
         with self._lock:
             link = self._link
             if link is None or not self._ready.is_set():
@@ -171,7 +174,12 @@ class SupervisedEngine:
         return RETRY_AFTER_SECONDS
 
     def close(self) -> None:
-        """Stop the child and the supervisor: bounded waits, the child killed if it does not exit."""
+        """Stop the child and the supervisor: bounded waits, the child killed if it does not exit.
+        Idempotent, and safe to call from any thread (a shutdown timer, then the owner)."""
+        with self._close_lock:
+            self._close()
+
+    def _close(self) -> None:
         self._closing.set()
         with self._lock:
             link = self._link

@@ -98,8 +98,8 @@ def test_shutdown_lets_a_running_stream_finish(tmp_path):
             rest = list(lines)
         assert first and rest[-1] == "data: [DONE]"
         assert '"finish_reason": "length"' in rest[-2]
-        # uvicorn ends by re-raising the signal it caught, once everything is closed.
-        assert server.process.wait(timeout=60) == -signal.SIGTERM
+        # A clean shutdown is a clean exit (uvicorn alone re-raises the signal and dies by it).
+        assert server.process.wait(timeout=60) == 0
         log = server.log_path.read_text()
         assert "Application shutdown complete" in log and "Traceback" not in log
     finally:

@@ -1,9 +1,11 @@
 """The in-process engine: a decode thread that dies fails every request and says it is not ready;
-the batch can never be written past its end."""
+closing it (from a shutdown timer and its owner at once) ends what runs and refuses what comes; the
+batch can never be written past its end."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import llama_cpp
 import pytest
@@ -11,7 +13,7 @@ from support import EMBEDDED_GGUF
 
 from edge.engine.batch import BatchWriter
 from edge.engine.engine import Engine, EngineConfig
-from edge.engine.jobs import EngineUnavailable, GenerationDone, GenerationFailed, GenerationRequest
+from edge.engine.jobs import EngineUnavailable, GenerationDone, GenerationFailed, GenerationRequest, ShuttingDown
 from edge.engine.llama_model import LlamaModel
 
 
@@ -37,6 +39,35 @@ def test_an_engine_thread_that_dies_fails_its_requests_and_refuses_new_ones() ->
         assert isinstance(events[-1], GenerationDone)
         assert not engine.ready and len(deaths) == 1
         with pytest.raises(EngineUnavailable):
+            engine.submit(GenerationRequest([1, 2, 3], 4), asyncio.new_event_loop())
+    finally:
+        engine.close()
+        model.close()
+
+
+def test_closing_from_two_threads_ends_running_requests_and_refuses_new_ones() -> None:
+    model = LlamaModel(EMBEDDED_GGUF)
+    engine = Engine(model, EngineConfig(ctx_size=256, parallel=1, threads=2))
+
+    async def run() -> list[object]:
+        loop = asyncio.get_running_loop()
+        running = engine.submit(GenerationRequest([1, 2, 3, 4], 200), loop)
+        queued = engine.submit(GenerationRequest([5, 6, 7], 200), loop)
+        assert await running.started() is None
+        closers = [threading.Thread(target=engine.close) for _ in range(2)]  # the timer and the owner
+        for closer in closers:
+            closer.start()
+        ends = [[event async for event in generation.events()] for generation in (running, queued)]
+        for closer in closers:
+            closer.join(30)
+        return ends
+
+    try:
+        running, queued = asyncio.run(asyncio.wait_for(run(), timeout=60))
+        assert [e.code for e in running if isinstance(e, GenerationFailed)] == ["shutting_down"]
+        assert isinstance(running[-1], GenerationDone)
+        assert [e.code for e in queued if isinstance(e, GenerationFailed)] == ["shutting_down"]
+        with pytest.raises(ShuttingDown):
             engine.submit(GenerationRequest([1, 2, 3], 4), asyncio.new_event_loop())
     finally:
         engine.close()

@@ -23,7 +23,7 @@ from edge.api.serving import Prepared, ServingLayer
 from edge.engine.engine import EngineConfig
 from edge.engine.jobs import (
     ChoiceFinished, EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest,
-    RequestInvalid, TextDelta,
+    RequestInvalid, ShuttingDown, TextDelta,
 )
 from edge.engine.llama_model import LoadOptions
 from edge.engine.supervised import ChildSpec, SupervisedEngine
@@ -291,6 +291,9 @@ def test_close_ends_running_requests_and_the_child(start, loop):
     assert time.monotonic() - began < 5.0
     assert failure_code(events(loop, held)) == "shutting_down"
     assert not before & our_children()
+    with pytest.raises(ShuttingDown):
+        engine.submit(request(HOLD), loop)
+    engine.close()  # a second close (the owner, after a shutdown timer) is a no-op
 
 
 def test_close_kills_a_child_that_is_stuck(start, loop):

@@ -165,10 +165,12 @@ def _openai(kind: str, call: Callable[[], object], check: Callable[[object], boo
     except Exception as error:  # noqa: BLE001
         return transport_failure(kind, error, started)
     try:
-        ok = check(result)
-    except (ValueError, AttributeError, IndexError, TypeError, jsonschema.ValidationError):
-        ok = False
-    return Outcome(kind, 200, time.monotonic() - started, shape_ok=ok)
+        ok, detail = check(result), ""
+    except (ValueError, AttributeError, IndexError, TypeError, jsonschema.ValidationError) as error:
+        ok, detail = False, f"{type(error).__name__}: {error}"
+    if not ok:  # what came back, so that a failure in CI can be understood from its log alone
+        detail = f"{detail} in {result.model_dump_json()}"[:600]
+    return Outcome(kind, 200, time.monotonic() - started, shape_ok=ok, detail=detail)
 
 
 # --- normal traffic -------------------------------------------------------------------------

@@ -137,9 +137,6 @@ def start_load(server: Server, pool: ThreadPoolExecutor) -> list[tuple[str, Futu
     return futures
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, not fixed yet: at --shutdown-timeout uvicorn cancels running "
-                   "requests (streams cut without [DONE], whole requests get a plain-text 500) and the process "
-                   "exits by SIGTERM (-15), not 0")
 def test_sigterm_under_load_ends_every_request_cleanly_and_exits_0(tmp_path):
     server = Server(["--parallel", str(PARALLEL), "--ctx-size", "1024", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)],
                     {}, tmp_path / "serve.log")
