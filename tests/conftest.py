@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -11,18 +12,22 @@ import pytest
 from support import API_KEY, EMBEDDED_GGUF, EMBEDDED_MODEL, PRICE, PRICED_MODEL, TEST_CTX, DEFAULT_MODELS_DIR, Server, load_cards
 
 
+# The test servers' CPU kernel verdicts outlive a session (keyed by CPU, build and model like any):
+# a session of unit tests then pays nothing for them, and only a new machine or build probes.
+TEST_KERNEL_CACHE = Path(os.environ.get("EDGE_TEST_CACHE_DIR", Path.home() / ".cache" / "edge-tests"))
+
+
 @pytest.fixture(scope="session", autouse=True)
-def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def kernel_cache() -> Iterator[None]:
     """Every `edge serve` the tests start shares one CPU kernel cache, never the user's ~/.cache/edge."""
     from edge.plan.cpu_kernels import choose
     from edge.plan.gguf_info import weight_types
 
     previous = os.environ.get("EDGE_CACHE_DIR")
-    cache = tmp_path_factory.mktemp("edge-cache")
-    os.environ["EDGE_CACHE_DIR"] = str(cache)
-    # Probe the embedded model once, up front, and keep the verdict even if the machine is busy (the
-    # test servers below start while others run): every later `edge serve --threads 2` of it reads it.
-    choose("auto", weight_types(EMBEDDED_GGUF), 2, cache, busy=lambda: "")
+    os.environ["EDGE_CACHE_DIR"] = str(TEST_KERNEL_CACHE)
+    # Probe the embedded model up front (once per machine and build), and keep the verdict even if the
+    # machine is busy (test servers start while others run): every `edge serve --threads 2` of it reads it.
+    choose("auto", weight_types(EMBEDDED_GGUF), 2, TEST_KERNEL_CACHE, busy=lambda: "")
     yield
     if previous is None:
         os.environ.pop("EDGE_CACHE_DIR", None)

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from edge.api.errors import EdgeError
+from edge.api.logprobs import LogprobWriter
 from edge.api.serving import ChoiceUpdate, Prepared, ServingLayer, Usage
 from edge.chat.tools import ToolCall
 from edge.engine.jobs import Generation
@@ -27,7 +28,8 @@ def _tool_call_json(call: ToolCall, index: int | None = None) -> dict:
 async def complete(layer: ServingLayer, prepared: Prepared, generation: Generation) -> dict:
     """The whole response, once every choice has finished."""
     n = prepared.generation.n
-    texts, calls, reasons = [""] * n, [[] for _ in range(n)], ["stop"] * n
+    texts, calls, reasons = [prepared.echo] * n, [[] for _ in range(n)], ["stop"] * n
+    logprobs: list[tuple] = [()] * n
     usage = None
     async for update in layer.updates(prepared, generation):
         if isinstance(update, Usage):
@@ -35,19 +37,30 @@ async def complete(layer: ServingLayer, prepared: Prepared, generation: Generati
             continue
         texts[update.index] += update.content
         calls[update.index].extend(update.tool_calls)
+        logprobs[update.index] += update.logprobs
         reasons[update.index] = update.finish_reason or reasons[update.index]
     object_name, _, id_prefix = _OBJECTS[prepared.kind]
+    writer = _logprob_writer(layer, prepared)
     choices = []
     for index in range(n):
         if prepared.kind == "text":
-            choices.append({"index": index, "text": texts[index], "logprobs": None, "finish_reason": reasons[index]})
+            spelled = writer.legacy(index, logprobs[index]) if writer else None
+            choices.append({"index": index, "text": texts[index], "logprobs": spelled, "finish_reason": reasons[index]})
             continue
         message = {"role": "assistant", "content": texts[index] if texts[index] or not calls[index] else None}
         if calls[index]:
             message["tool_calls"] = [_tool_call_json(call) for call in calls[index]]
-        choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": reasons[index]})
+        spelled = writer.chat(logprobs[index]) if writer else None
+        choices.append({"index": index, "message": message, "logprobs": spelled, "finish_reason": reasons[index]})
     return {"id": id_prefix + secrets.token_hex(12), "object": object_name, "created": int(time.time()),
             "model": layer.served.id, "choices": choices, "usage": usage.as_dict() if usage else None}
+
+
+def _logprob_writer(layer: ServingLayer, prepared: Prepared) -> LogprobWriter | None:
+    """None unless the request asked for logprobs."""
+    if prepared.generation.logprobs is None:
+        return None
+    return LogprobWriter(layer.served.model, prepared.generation.n, len(prepared.echo))
 
 
 async def stream(layer: ServingLayer, prepared: Prepared, generation: Generation) -> AsyncIterator[str]:
@@ -63,6 +76,9 @@ async def stream(layer: ServingLayer, prepared: Prepared, generation: Generation
 
     if prepared.kind == "chat":
         yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    elif prepared.echo:
+        yield event([{"index": 0, "text": prepared.echo, "logprobs": None, "finish_reason": None}])
+    writer = _logprob_writer(layer, prepared)
     calls_sent = 0
     try:
         async for update in layer.updates(prepared, generation):
@@ -71,14 +87,17 @@ async def stream(layer: ServingLayer, prepared: Prepared, generation: Generation
                     yield event([], usage=update.as_dict())
                 continue
             if prepared.kind == "text":
-                yield event([{"index": update.index, "text": update.content, "logprobs": None,
+                spelled = writer.legacy(update.index, update.logprobs) if writer else None
+                yield event([{"index": update.index, "text": update.content, "logprobs": spelled,
                               "finish_reason": update.finish_reason}])
                 continue
             delta: dict = {"content": update.content} if update.content else {}
             if update.tool_calls:
                 delta["tool_calls"] = [_tool_call_json(c, calls_sent + i) for i, c in enumerate(update.tool_calls)]
                 calls_sent += len(update.tool_calls)
-            yield event([{"index": update.index, "delta": delta, "logprobs": None, "finish_reason": update.finish_reason}])
+            spelled = writer.chat(update.logprobs) if writer else None
+            yield event([{"index": update.index, "delta": delta, "logprobs": spelled,
+                          "finish_reason": update.finish_reason}])
     except EdgeError as error:
         yield f"data: {json.dumps(error.body())}\n\n"
     except Exception as error:  # noqa: BLE001 - a stream must still end with an error event and [DONE]

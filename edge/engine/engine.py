@@ -38,6 +38,7 @@ from edge.engine.jobs import (
     QueueFull, RequestInvalid, ShuttingDown,
     Started, TextDelta,
 )
+from edge.engine.logprobs import token_logprob
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
 from edge.engine.slots import SlotTable
@@ -341,7 +342,7 @@ class Engine:
             for seq in sequences:
                 if seq.slot is not sequences[0].slot:  # n=2, prompt just read: the second gets a copy
                     self._slots.copy(sequences[0].slot, seq.slot)
-                self._accept(seq, seq.sampler.sample(self._ctx, output_index))
+                self._accept(seq, seq.sampler.sample(self._ctx, output_index), output_index)
         for job in [job for job in active if not job.live]:
             active.remove(job)
             self._finish_job(job, "stop")
@@ -357,7 +358,7 @@ class Engine:
             job.prompt_read = position + 1
         return index
 
-    def _accept(self, seq: Sequence, token: int) -> None:
+    def _accept(self, seq: Sequence, token: int, output_index: int) -> None:
         """Turn a sampled token into released text, and decide whether the sequence ends."""
         job = seq.job
         if job.first_token_at is None:
@@ -369,9 +370,12 @@ class Engine:
         seq.generated += 1
         self.metrics.completion_tokens.inc()
         seq.last_token = token
+        if job.request.logprobs is not None:
+            seq.pending_logprobs.append(token_logprob(self._ctx, output_index, self.model.n_vocab, token,
+                                                      job.request.logprobs))
         released = seq.matcher.feed(seq.decoder.decode(self.model.piece(token)))
         if released:
-            job.generation.publish(TextDelta(seq.index, released))
+            job.generation.publish(TextDelta(seq.index, released, seq.take_logprobs()))
         if seq.matcher.stopped:
             self._finish_sequence(seq, "stop")
         elif seq.generated >= job.request.max_tokens:
@@ -382,8 +386,10 @@ class Engine:
         if reason == "cancelled":
             return
         tail = seq.matcher.feed(seq.decoder.decode(b"", final=True)) + seq.matcher.flush()
-        if tail:
-            seq.job.generation.publish(TextDelta(seq.index, tail))
+        # The tokens of a stop string are not part of the answer, nor are their logprobs.
+        logprobs = () if seq.matcher.stopped else seq.take_logprobs()
+        if tail or logprobs:
+            seq.job.generation.publish(TextDelta(seq.index, tail, logprobs))
         seq.job.generation.publish(ChoiceFinished(seq.index, reason, seq.generated))
 
     def _finish_job(self, job: Job, reason: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 
-from edge.engine.jobs import GenerationHandle
+from edge.engine.jobs import GenerationHandle, TokenLogprob
 from edge.engine.llama_model import LlamaModel
 from edge.engine.sampling import SamplerChain
 from edge.engine.slots import Slot
@@ -30,6 +30,11 @@ class Sequence:
         # Tokens may end inside a multi-byte character: decode bytes incrementally, and read odd
         # sequences as the grammar does, so that constrained output stays what it validated.
         self.decoder = GrammarUtf8Decoder()
+        self.pending_logprobs: list[TokenLogprob] = []  # of tokens whose text is not released yet
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        taken, self.pending_logprobs = tuple(self.pending_logprobs), []
+        return taken
 
 
 class Job:

@@ -26,6 +26,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     grammar: str | None = None
+    logprobs: int | None = None  # None: none; else each token's logprob and this many alternatives
 
     def kv_cells(self) -> int:
         """KV cells each of its sequences can occupy: the prompt and a full continuation."""
@@ -99,11 +100,23 @@ class Started:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model, and the `top` most likely tokens
+    at its position, most likely first (token ids: the API layer spells them)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
-    """New text of choice `index`, already cut at stop strings and held back where needed."""
+    """New text of choice `index`, already cut at stop strings and held back where needed, and the
+    log probabilities of the tokens it completes (only when the request asked for them)."""
 
     index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

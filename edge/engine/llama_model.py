@@ -85,6 +85,7 @@ class LlamaModel:
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {path} (see the log above)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         # A vocabulary-only load leaves the hyperparameters at 0: read the GGUF key instead.
         architecture = self.metadata("general.architecture") or "llama"
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self.ptr) or int(

@@ -1,6 +1,6 @@
 """Sampler chains built from a request's sampling parameters.
 
-Order matters and follows llama.cpp's own server: penalties adjust the raw logits, the grammar
+Order matters and follows llama.cpp's own server: logit_bias, then penalties adjust the raw logits, the grammar
 (when output must be JSON or tool calls) removes every token that would break it, then the
 truncations (top-k, top-p, min-p) and the temperature shape what is left, and a seeded
 distribution draws. Temperature 0 replaces all of that with greedy choice.
@@ -15,6 +15,7 @@ import llama_cpp
 
 from edge.engine.llama_model import LlamaModel
 
+MAX_LOGIT_BIAS = 100.0  # the OpenAI API's range; -100 bans a token, +100 all but forces it
 # How many recent tokens the repetition penalties look at (llama.cpp's default window).
 PENALTY_WINDOW = 64
 
@@ -30,6 +31,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), OpenAI's logit_bias
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 2.0:
@@ -45,6 +47,10 @@ class SamplingParams:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if not (self.repetition_penalty > 0.0 and math.isfinite(self.repetition_penalty)):
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for token, bias in self.logit_bias:
+            if token < 0 or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(f"logit_bias: token {token} with bias {bias}: ids are >= 0, biases in "
+                                 f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]")
 
     @property
     def penalizes(self) -> bool:
@@ -75,11 +81,14 @@ class SamplerChain:
 
 def _samplers(model: LlamaModel, params: SamplingParams, seed: int, grammar: str | None) -> list:
     samplers = []
+    if params.logit_bias:  # first, as in llama.cpp's own chain: the rest sees the biased logits
+        biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+            *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias))
+        samplers.append(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(params.logit_bias), biases))
     if params.penalizes:
-        n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
         samplers.append(
             llama_cpp.llama_sampler_init_penalties(
-                n_vocab, PENALTY_WINDOW, params.repetition_penalty,
+                model.n_vocab, PENALTY_WINDOW, params.repetition_penalty,
                 params.frequency_penalty, params.presence_penalty,
             )
         )

@@ -4,8 +4,8 @@ No fixed choice is safe and fast everywhere: on some AMX machines (KVM guests of
 class Xeons) llama.cpp's AMX kernels fault on the first batched matrix product, and repacking speeds
 up Q4_0 by a third on one CPU while slowing Q4_K_M down by a quarter. So each candidate this build
 offers (backends.CPU_KERNELS) runs in a child process of its own (edge/engine/kernel_probe.py) on a
-small synthetic model with the served model's architecture and file type (convert/synthetic.py);
-a faulting kernel kills only its child. The fastest survivor by decode speed wins (see TIE for
+small model: the served file itself when it is small (OWN_FILE_MAX_BYTES), else a synthetic one
+with its architecture and file type (convert/synthetic.py); a faulting kernel kills only its child. The fastest survivor by decode speed wins (see TIE for
 close calls). Trials are cached, keyed by the CPU's model and flags, the llama.cpp build, the
 model's tensor types and the thread count, so later starts pay nothing.
 """
@@ -38,7 +38,7 @@ from edge.plan.gguf_info import WeightTypes
 log = logging.getLogger("edge.plan")
 
 CHOICES = ("auto", *backends.CPU_KERNELS)
-PROBE_VERSION = 1  # bump when the probe's workload changes: older cached trials no longer compare
+PROBE_VERSION = 2  # bump when the probe's workload changes: older cached trials no longer compare
 PROBE_TIMEOUT = 120.0  # seconds a candidate may take to load or to run a round; a hung kernel has failed
 PROBE_ROUNDS = 5
 PROBE_WORKLOAD = (128, 32)  # prompt tokens (one batch), decode tokens (one at a time) per round
@@ -46,6 +46,10 @@ PROBE_WORKLOAD = (128, 32)  # prompt tokens (one batch), decode tokens (one at a
 # to fail: plain, then repack, then amx (backends.CPU_KERNELS from the end).
 TIE = 0.02
 CACHE_FILE = "cpu-kernels.json"
+# A model file up to this size is probed itself: one child per candidate maps it (the page cache is
+# shared) and repacks its own copy. The synthetic stand-in ranks kernels by its own shapes, which
+# was wrong by 6% for a 135M-parameter Q4_K_M model; bigger files would make the probe slow.
+OWN_FILE_MAX_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -149,12 +153,8 @@ def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: 
     missing = [kernel for kernel in candidates if kernel not in known]
     if missing:
         busy = busy_check()
-        with tempfile.TemporaryDirectory(prefix="edge-probe-") as folder:
-            route_llama_log()  # the quantizer's per-tensor lines go to the debug log, not the console
-            synthetic = write_synthetic(Path(folder) / "probe.gguf", probe_file_type(model), probe_shape(model),
-                                        threads=threads, **_edge_types(model))
-            for trial in measure_kernels(synthetic, missing, threads):
-                known[trial.kernel] = asdict(trial)
+        for trial in _probe(model, missing, threads):
+            known[trial.kernel] = asdict(trial)
         if busy:
             # Timings taken while other work competes for the cores rank kernels by luck: use this
             # verdict for this start only, and probe again at the next.
@@ -162,6 +162,21 @@ def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: 
         else:
             _write_cache(cache_path, key, known)
     return tuple(Trial(**known[kernel]) for kernel in candidates), not missing
+
+
+def probes_own_file(model: WeightTypes) -> bool:
+    return model.path is not None and 0 < model.file_bytes <= OWN_FILE_MAX_BYTES
+
+
+def _probe(model: WeightTypes, kernels: list[str], threads: int) -> list[Trial]:
+    """Trials of `kernels` on the model's own file, or on a stand-in shaped after it."""
+    if probes_own_file(model):
+        return measure_kernels(model.path, kernels, threads)
+    with tempfile.TemporaryDirectory(prefix="edge-probe-") as folder:
+        route_llama_log()  # the quantizer's per-tensor lines go to the debug log, not the console
+        synthetic = write_synthetic(Path(folder) / "probe.gguf", probe_file_type(model), probe_shape(model),
+                                    threads=threads, **_edge_types(model))
+        return measure_kernels(synthetic, kernels, threads)
 
 
 class _ProbeChild:
@@ -174,8 +189,12 @@ class _ProbeChild:
         self.rounds: list[dict[str, float]] = []
         self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: it can never fill and block
         command = [sys.executable, "-m", "edge.engine.kernel_probe", str(model), kernel, str(threads), *map(str, workload)]
+        # Children wait for their turn between rounds. OpenMP's threads spin while they wait, by
+        # default: two idle children then took the cores from the one being timed, and decode ran at
+        # a quarter of its speed. Passive waiting costs the timed child a wake-up per token, alike for all.
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._stderr, text=True)
+                                        stderr=self._stderr, text=True, env=env)
         self._read()  # {"ready": true} once loaded and one batch decoded
 
     def run_round(self) -> None:
@@ -294,6 +313,7 @@ def cache_key(model: WeightTypes, threads: int) -> str:
         "types": sorted({kind for _, kind in model.tensors}),
         "moe": bool(model.experts),
         "threads": threads,
+        "subject": model.file_bytes if probes_own_file(model) else "stand-in",
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -151,6 +151,8 @@ class WeightTypes:
     file_type: int  # llama.cpp's file type (general.file_type); -1 when the file does not say
     experts: int
     tensors: tuple[tuple[str, str], ...]  # (name, type as gguf-py spells it: Q4_K, Q8_0, F32 ...)
+    path: Path | None = None  # the file these were read from (its first part, when split)
+    file_bytes: int = 0  # of every part
 
     def type_of(self, name: str) -> str | None:
         return next((kind for tensor, kind in self.tensors if tensor == name), None)
@@ -165,9 +167,11 @@ def weight_types(path: Path) -> WeightTypes:
         values, tensors = gguf_header(str(path), ("general.architecture", "general.file_type"))
         architecture = values.get("general.architecture", "llama")
         experts, _ = gguf_header(str(path), (f"{architecture}.expert_count",))
-        for part in _split_files(path)[1:]:
+        parts = _split_files(path)
+        for part in parts[1:]:
             tensors += gguf_header(str(part), ())[1]
     except ValueError as error:
         raise GGUFInfoError(str(error)) from error
     return WeightTypes(int(values.get("general.file_type", -1)), int(experts.get(f"{architecture}.expert_count", 0)),
-                       tuple((name, kind.upper()) for name, kind in tensors))
+                       tuple((name, kind.upper()) for name, kind in tensors), path,
+                       sum(part.stat().st_size for part in parts))

@@ -27,7 +27,9 @@ class _DyingEngine(Engine):
 def test_an_engine_thread_that_dies_fails_its_requests_and_refuses_new_ones() -> None:
     model = LlamaModel(EMBEDDED_GGUF)
     deaths: list[BaseException] = []
-    engine = _DyingEngine(model, EngineConfig(ctx_size=256, parallel=2, threads=2), deaths.append)
+    reported = threading.Event()
+    engine = _DyingEngine(model, EngineConfig(ctx_size=256, parallel=2, threads=2),
+                          lambda error: (deaths.append(error), reported.set()))
 
     async def run() -> list[object]:
         generation = engine.submit(GenerationRequest([1, 2, 3, 4], 8), asyncio.get_running_loop())
@@ -37,7 +39,8 @@ def test_an_engine_thread_that_dies_fails_its_requests_and_refuses_new_ones() ->
         events = asyncio.run(asyncio.wait_for(run(), timeout=60))
         assert isinstance(events[0], GenerationFailed) and events[0].code == "engine_unavailable"
         assert isinstance(events[-1], GenerationDone)
-        assert not engine.ready and len(deaths) == 1
+        # Requests are failed first, then the death is reported (which stops the server).
+        assert reported.wait(10) and not engine.ready and len(deaths) == 1
         with pytest.raises(EngineUnavailable):
             engine.submit(GenerationRequest([1, 2, 3], 4), asyncio.new_event_loop())
     finally:

@@ -1,4 +1,5 @@
-"""The CPU kernel probe: real child processes timing real llama.cpp kernels on a synthetic model.
+"""The CPU kernel probe: real child processes timing real llama.cpp kernels on the model's own file
+when it is small, else on a synthetic stand-in.
 
 Fault injection (EDGE_TEST_PROBE_FAULT) makes one candidate's child kill itself with SIGSEGV, as
 llama.cpp's AMX kernels do on some AMX machines, so the fallback is proven on any CPU.
@@ -15,7 +16,7 @@ import pytest
 
 from edge.engine.backends import offered_kernels
 from edge.engine.kernel_probe import FAULT_ENV
-from edge.plan.cpu_kernels import CACHE_FILE, TIE, Trial, cache_key, choose, pick
+from edge.plan.cpu_kernels import CACHE_FILE, OWN_FILE_MAX_BYTES, TIE, Trial, cache_key, choose, pick
 from edge.plan.gguf_info import weight_types
 from support import EMBEDDED_GGUF, Server
 
@@ -44,6 +45,18 @@ def test_auto_probes_every_offered_kernel_and_picks_the_fastest_survivor(probed)
     assert survivors and all(trial.prompt_tps > 0 and trial.decode_tps > 0 for trial in survivors)
     assert choice.kernel == pick(survivors).kernel
     assert choice.line().startswith(f"CPU kernels: {choice.kernel} (auto; probe, ")
+
+
+def test_a_small_model_is_probed_on_its_own_file_a_big_one_on_a_stand_in(model, tmp_path) -> None:
+    from dataclasses import replace
+
+    assert 0 < model.file_bytes <= OWN_FILE_MAX_BYTES
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)  # the same types on paper, but no model loads from it
+    with pytest.raises(ValueError, match="no CPU kernel survived its probe"):
+        choose("auto", replace(model, path=broken), THREADS, tmp_path / "own", busy=QUIET)
+    big = replace(model, path=broken, file_bytes=OWN_FILE_MAX_BYTES + 1)  # the file is never opened
+    assert choose("auto", big, THREADS, tmp_path / "stand-in", busy=QUIET).kernel in offered_kernels()
 
 
 def test_the_fastest_decoder_wins_and_close_calls_go_to_the_simpler_kernel() -> None:
