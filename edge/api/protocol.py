@@ -10,11 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from edge.chat.grammar import UnsupportedSchema, check_schema_bounds
+from edge.engine.logprobs import MAX_TOP_LOGPROBS
+from edge.engine.sampling import MAX_LOGIT_BIAS
 
 MAX_STOP_STRINGS = 16
 # The engine scans for each stop string at every token: a long one costs every step.
 MAX_STOP_CHARS = 1024
 MAX_TOOLS = 128  # OpenAI's own limit
+MAX_COMPLETION_LOGPROBS = 5  # /v1/completions' `logprobs`, as OpenAI documents it
+MAX_LOGIT_BIAS_TOKENS = 1024  # each is a sampler entry that every step applies
 INT32_MAX = 2**31 - 1  # llama.cpp's top_k is an int32_t
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds: what OpenAI's clients send
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -96,14 +100,19 @@ def content_text(content: Content | None) -> str:
     return "".join(part.text for part in content)
 
 
+# Any number of system (or developer) messages, anywhere: the chat template renders them in place
+# or merges them into its leading system text (edge.chat.template). `name` (OpenAI: tells
+# participants of one role apart) is accepted and not rendered: our templates have no slot for it.
 class SystemMessage(_Lenient):
     role: Literal["system", "developer"]
     content: Content
+    name: str | None = None
 
 
 class UserMessage(_Lenient):
     role: Literal["user"]
     content: Content
+    name: str | None = None
 
 
 class FunctionCall(_Lenient):
@@ -118,9 +127,12 @@ class ToolCallIn(_Lenient):
 
 
 class AssistantMessage(_Lenient):
+    """As the last message: the reply continues its text (prefill)."""
+
     role: Literal["assistant"]
     content: Content | None = None
     tool_calls: list[ToolCallIn] | None = None
+    name: str | None = None
 
 
 class ToolMessage(_Lenient):
@@ -194,6 +206,8 @@ class SamplingFields(_Body):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
+    # Token id (as a string: JSON keys are) -> -100..100, added to its logit before sampling.
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS_TOKENS)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> SamplingFields:
@@ -205,7 +219,16 @@ class SamplingFields(_Body):
             raise ValueError(f"stop: a stop string may have at most {MAX_STOP_CHARS} characters")
         if self.stream and (self.n or 1) != 1:
             raise ValueError("n: streaming supports only n=1")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias: keys are token ids, got {key!r}")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(f"logit_bias: the bias of token {key} must be in [-100, 100], got {bias}")
         return self
+
+    @property
+    def logit_biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(key), bias) for key, bias in (self.logit_bias or {}).items())
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -226,13 +249,27 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _check_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs set to true")
+        return self
+
+    @property
+    def logprobs_top(self) -> int | None:
+        """None: no logprobs; else the alternatives to give per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _check_conversation(self) -> ChatCompletionRequest:
-        if sum(isinstance(m, SystemMessage) for m in self.messages) > 1:
-            raise ValueError("messages: at most one system message is allowed")
-        if not isinstance(self.messages[-1], UserMessage | ToolMessage):
-            raise ValueError("messages: the last message must be from the user or a tool")
+        last = self.messages[-1]
+        if isinstance(last, AssistantMessage) and last.tool_calls:
+            # A final assistant message is continued, and text after a call is not a call's answer.
+            raise ValueError("messages: a final assistant message cannot have tool_calls: its text is continued; "
+                             "send the calls' results (role tool) after it, or leave the calls out")
         self._check_tool_results()
         names = [tool.function.name for tool in self.tools or []]
         if self.tool_choice not in (None, "none") and not names:
@@ -263,6 +300,20 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)  # the legacy API's top count
+    echo: bool = False
+
+    @model_validator(mode="after")
+    def _check_echo(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            # The prompt's own logprobs would need logits at every prompt position and no prefix
+            # reuse; the engine does not compute them, so the combination is refused, not faked.
+            raise ValueError("echo: cannot be combined with logprobs (the prompt's logprobs are not computed)")
+        return self
+
+    @property
+    def logprobs_top(self) -> int | None:
+        return self.logprobs
 
     @model_validator(mode="after")
     def _one_prompt(self) -> CompletionRequest:

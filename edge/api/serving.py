@@ -16,14 +16,14 @@ from edge.api.protocol import (
     AssistantMessage, ChatCompletionRequest, CompletionRequest, SamplingFields, SystemMessage,
     ToolMessage, content_text,
 )
-from edge.chat.template import ChatMessage, TemplateError, alternate_turns
+from edge.chat.template import ChatMessage, TemplateError
 from edge.chat.grammar import UnsupportedSchema, json_grammar
 from edge.chat.tools import (
     MAX_PARALLEL_CALLS, ToolCall, ToolCallReader, ToolSpec, call_text, result_text, tools_grammar, tools_prompt,
 )
 from edge.engine.jobs import (
     FAILURE_STATUS, ChoiceFinished, EngineRefusal, Generation, GenerationDone, GenerationFailed, GenerationRequest,
-    TextDelta,
+    TextDelta, TokenLogprob,
 )
 from edge.engine.sampling import SamplingParams
 from edge.served import ServedModel
@@ -39,6 +39,7 @@ class Prepared:
     kind: str  # "chat" or "text"
     tools_enabled: bool = False
     include_usage: bool = False
+    echo: str = ""  # /v1/completions with echo: the prompt, which the text starts with
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ChoiceUpdate:
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens behind this update (when asked for)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class ServingLayer:
         if not tokens:
             raise EdgeError(400, "prompt: the prompt is empty", "prompt", "invalid_value")
         generation = self._generation(request, tokens, request.max_tokens, "text", None)
-        return Prepared(generation, "text", False, _include_usage(request))
+        return Prepared(generation, "text", False, _include_usage(request), request.prompt_text if request.echo else "")
 
     def _constraints(self, request: ChatCompletionRequest, tools: list[ToolSpec], mode: str) -> tuple[str, str | None]:
         """Extra system text and the grammar that the tool or JSON mode needs."""
@@ -131,15 +133,34 @@ class ServingLayer:
             presence_penalty=_default(request.presence_penalty, 0.0),
             frequency_penalty=_default(request.frequency_penalty, 0.0),
             repetition_penalty=_default(request.repetition_penalty, 1.0),
+            logit_bias=self._logit_bias(request),
         )
         # The end-of-sequence text is a stop too: a model may spell `</s>` out in plain characters
         # instead of emitting the token, and it must not reach the client either way.
         eos_text = self.served.template.eos_token
         stops = request.stop_strings + ((eos_text,) if eos_text and eos_text not in request.stop_strings else ())
-        return GenerationRequest(tokens, max_tokens, sampling, request.n or 1, stops, request.seed, grammar)
+        return GenerationRequest(tokens, max_tokens, sampling, request.n or 1, stops, request.seed, grammar,
+                                 request.logprobs_top)
+
+    def _logit_bias(self, request: SamplingFields) -> tuple[tuple[int, float], ...]:
+        biases = request.logit_biases
+        if not biases:
+            return ()
+        n_vocab = self.served.model.n_vocab
+        unknown = [token for token, _ in biases if token >= n_vocab]
+        if unknown:
+            raise EdgeError(400, f"logit_bias: token {unknown[0]} is not in the vocabulary (ids 0 to {n_vocab - 1})",
+                            "logit_bias", "invalid_value")
+        return biases
 
     def _completion_budget(self, prompt_tokens: int, requested: int | None, is_null: bool, default: int) -> int:
-        """max_tokens after applying the context: the prompt plus it never exceeds the context."""
+        """max_tokens after applying the context: at most the room the prompt leaves in it.
+
+        A larger max_tokens is a ceiling, not a demand (clients send the model's whole context,
+        or 100000): generation then stops when the context is full, with finish_reason "length".
+        Clamped, prompt plus max_tokens never exceeds the context, which is what the engine's
+        check_fits and its slots count on (each sequence has a KV stream of ctx_size cells).
+        Only a prompt that leaves no room for a single token is refused."""
         context = self.served.ctx_size
         room = context - prompt_tokens
         if room <= 0:
@@ -147,12 +168,7 @@ class ServingLayer:
                             "messages", "context_length_exceeded")
         if is_null:
             return room
-        if requested is None:
-            return min(default, room)
-        if requested > room:
-            raise EdgeError(400, f"max_tokens: the prompt ({prompt_tokens} tokens) plus max_tokens ({requested}) "
-                            f"exceeds the context of {context} tokens", "max_tokens", "context_length_exceeded")
-        return requested
+        return min(default if requested is None else requested, room)
 
     def submit(self, prepared: Prepared, loop: asyncio.AbstractEventLoop) -> Generation:
         """Hand the request to the engine (blocking: call it from a worker thread); an EdgeError
@@ -172,20 +188,24 @@ class ServingLayer:
 
     async def updates(self, prepared: Prepared, generation: Generation) -> AsyncIterator[ChoiceUpdate | Usage]:
         """Choice updates as the engine produces them, then the usage."""
-        readers = [ToolCallReader(prepared.tools_enabled) for _ in range(prepared.generation.n)]
+        n = prepared.generation.n
+        readers = [ToolCallReader(prepared.tools_enabled) for _ in range(n)]
+        logprobs: list[tuple[TokenLogprob, ...]] = [()] * n  # of text a reader still holds back
         completion_tokens = 0
         try:
             async for event in generation.events():
                 if isinstance(event, TextDelta):
                     text, calls = readers[event.index].feed(event.text)
+                    logprobs[event.index] += event.logprobs
                     if text or calls:
-                        yield ChoiceUpdate(event.index, text, calls)
+                        yield ChoiceUpdate(event.index, text, calls, None, logprobs[event.index])
+                        logprobs[event.index] = ()
                 elif isinstance(event, ChoiceFinished):
                     completion_tokens += event.completion_tokens
                     reader = readers[event.index]
                     leftover = reader.finish()
                     reason = "tool_calls" if reader.calls and not leftover else event.reason
-                    yield ChoiceUpdate(event.index, leftover, [], reason)
+                    yield ChoiceUpdate(event.index, leftover, [], reason, logprobs[event.index])
                 elif isinstance(event, GenerationFailed):
                     raise _failure(event.code, event.message, self.served.engine.retry_after())
                 elif isinstance(event, GenerationDone):
@@ -195,7 +215,9 @@ class ServingLayer:
 
 
 def _chat_messages(request: ChatCompletionRequest, extra_system: str) -> list[ChatMessage]:
-    """The conversation as plain-text turns, tool calls and results written in our tool format."""
+    """The conversation as plain-text messages, in order, tool calls and results written in our
+    tool format; the template reduces them to the turns it can render (ChatTemplate.render).
+    A message's `name` is not rendered: no template we serve has a place for it."""
     names = {call.id: call.function.name for m in request.messages if isinstance(m, AssistantMessage)
              for call in m.tool_calls or []}
     messages = []
@@ -211,10 +233,11 @@ def _chat_messages(request: ChatCompletionRequest, extra_system: str) -> list[Ch
         else:
             messages.append(ChatMessage("user", text))
     if extra_system:
-        system = next((m for m in messages if m.role == "system"), None)
-        combined = ChatMessage("system", f"{system.content}\n\n{extra_system}" if system else extra_system)
-        messages = [combined, *(m for m in messages if m.role != "system")]
-    return alternate_turns(messages)
+        # The tool or JSON instructions go right after the client's leading system messages (the
+        # template merges them into one), so they lead the conversation with every template.
+        leading = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+        messages.insert(leading, ChatMessage("system", extra_system))
+    return messages
 
 
 def _default(value, default):

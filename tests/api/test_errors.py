@@ -39,8 +39,8 @@ def test_out_of_range_values_are_400_naming_the_field(http, field, value):
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content.0.type"),
-    ({"messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, *USER]}, "messages"),
-    ({"messages": [*USER, {"role": "assistant", "content": "Hello"}]}, "messages"),
+    ({"messages": [*USER, {"role": "assistant", "content": "x", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages"),
     ({"messages": [*USER, {"role": "tool", "content": "42", "tool_call_id": "call_x"}]}, "messages"),
     ({"messages": USER, "tool_choice": "required"}, "tool_choice"),
     ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}],

@@ -292,12 +292,13 @@ def huge_body(ctx: Ctx, variant: int | None = None) -> list[Outcome]:
 
 
 def over_context(ctx: Ctx) -> list[Outcome]:
-    """A prompt longer than the whole context, or a small prompt with max_tokens past it."""
+    """A prompt longer than the whole context, as chat messages or as a completion prompt (a
+    max_tokens past the context is no error: it is clamped to the room the prompt leaves)."""
     if ctx.rng.random() < 0.5:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "seven words " * 900}], "max_tokens": 4}
-    else:
-        body = {"model": MODEL, "messages": ctx.messages(), "max_tokens": 5000}
-    return [_post(ctx, "over_context", "/v1/chat/completions", _has_message, json=body)]
+        return [_post(ctx, "over_context", "/v1/chat/completions", _has_message, json=body)]
+    body = {"model": MODEL, "prompt": "seven words " * 900, "max_tokens": 4}
+    return [_post(ctx, "over_context", "/v1/completions", lambda b: "choices" in b, json=body)]
 
 
 def lone_surrogate(ctx: Ctx) -> list[Outcome]:
