@@ -37,14 +37,14 @@ LLAMA_SERVER := $(BENCH_CACHE)/llama-server-build/bin/llama-server
 LCP_SERVER   := $(BENCH_CACHE)/lcp-venv/.installed
 BENCH_STAMP  := $(VENV)/.bench-installed
 
-.PHONY: install serve test clean convert bench-convert bench-rpc bench bench-tools bench-cpu
+.PHONY: install serve test test-clients clean convert bench-convert bench-rpc bench bench-tools bench-cpu
 
 # The runtime only: what `edge serve` needs. `make test` adds the test extra (torch, transformers ...).
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	rm -f $(VENV)/.installed-* $(TEST_STAMP) $(BENCH_STAMP)
+	rm -f $(VENV)/.installed-* $(TEST_STAMP) $(BENCH_STAMP) $(VENV)/.clients-installed
 	@if ! ls $(WHEEL_DIR)/*.whl >/dev/null 2>&1; then \
 		echo "compiling llama.cpp (CMAKE_ARGS=$(CMAKE_ARGS)): a few minutes, once per machine and variant"; \
 		rm -rf $(WHEEL_DIR) $(WHEEL_DIR).part && \
@@ -83,6 +83,17 @@ bench-rpc: $(TEST_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# LangChain's standard chat-model tests against a real `edge serve` (the `clients` extra). Their async
+# tests share the client's connection pool, hence one event loop for the session.
+CLIENTS_STAMP := $(VENV)/.clients-installed
+$(CLIENTS_STAMP): $(TEST_STAMP)
+	$(BIN)/pip install --disable-pip-version-check -e '.[test,clients]'
+	touch $@
+
+test-clients: $(CLIENTS_STAMP)
+	$(BIN)/python -m pytest tests/clients/langchain_standard.py -p no:cacheprovider -o asyncio_mode=auto \
+		-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session $(ARGS)
 
 bench: $(BENCH_STAMP) bench-tools
 	$(BIN)/python bench/serve_bench.py $(ARGS)

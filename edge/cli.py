@@ -65,6 +65,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "--no-repack: the same as --cpu-kernels plain (EDGE_NO_REPACK)")
     parser.add_argument("--n-cpu-moe", type=int, default=None,
                         help="keep only the experts of the first N blocks in host memory (EDGE_N_CPU_MOE)")
+    # Not a Settings field (settings.py ignores it): the page is an HTTP concern, not the model's.
+    parser.add_argument("--no-webui", action="store_true", default=False,
+                        help="do not serve the chat page at GET / (then / is a 404)")
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
     engine_died = threading.Event()
     served = ServedModel.load(settings, on_engine_death=lambda _: engine_died.set())
     try:
-        app = create_app(served, settings.api_key_list)
+        app = create_app(served, settings.api_key_list, webui=not args.no_webui)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
         # On SIGTERM/Ctrl-C: stop accepting, let running requests finish for shutdown_timeout seconds,
         # then close the engine, which ends the rest with 503s / error events (edge/api/shutdown.py).
