@@ -68,7 +68,7 @@ def test_unknown_model_is_404(http):
     assert error["param"] == "model" and error["code"] == "model_not_found"
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nothing"), ("POST", "/v2/chat/completions"), ("GET", "/")])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nothing"), ("POST", "/v2/chat/completions"), ("GET", "/nothing")])
 def test_unknown_route_is_404(http, method, path):
     assert error_of(http.request(method, path), 404)["code"] == "unknown_route"
 
