@@ -223,7 +223,7 @@ class SamplingFields(_Body):
             if not key.isdigit():
                 raise ValueError(f"logit_bias: keys are token ids, got {key!r}")
             if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
-                raise ValueError(f"logit_bias: the bias of token {key} must be in [-100, 100], got {bias}")
+                raise ValueError(f"logit_bias: the bias of token {key} must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {bias}")
         return self
 
     @property

@@ -355,9 +355,7 @@ def json_chars(chars: CharRanges) -> str | None:
     if raw:
         alternatives.insert(0, "[" + "".join(class_char(first) + ("" if first == last else "-" + class_char(last))
                                              for first, last in raw) + "]")
-    if not alternatives:
-        return None
-    return alternatives[0] if len(alternatives) == 1 else "(" + " | ".join(alternatives) + ")"
+    return _alternatives(alternatives) if alternatives else None
 
 
 def json_text(code: int) -> str:

@@ -154,10 +154,7 @@ def alternate_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
     rest = merge_neighbours([m for m in messages if m.role != "system"])
     if not system:
         return rest
-    leading = ""
-    for text in system:
-        leading = _join(leading, text)
-    return [ChatMessage("system", leading), *rest]
+    return [ChatMessage("system", "\n\n".join(text for text in system if text)), *rest]
 
 
 def reduce_turns(messages: list[ChatMessage], systems_in_place: bool) -> list[ChatMessage]:
