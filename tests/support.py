@@ -82,3 +82,15 @@ def wait_for_metric(server: Server, name: str, value: float, timeout: float = 60
         if time.monotonic() > deadline:
             raise AssertionError(f"{name} never reached {value}")
         time.sleep(0.1)
+
+
+def leave_mid_stream_cancels(server: Server, path: str, body: dict, marker: str) -> None:
+    """Stream `body` to `path`, hang up at the first line holding `marker`, and check that the
+    generation was cancelled and its slot freed (the request's life is one on every surface)."""
+    cancelled = metric(server, "edge_requests_total", {"status": "cancelled"})
+    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if marker in line:
+                break
+    wait_for_metric(server, "edge_busy_slots", 0)
+    assert metric(server, "edge_requests_total", {"status": "cancelled"}) == cancelled + 1

@@ -1,4 +1,5 @@
-"""One error type for the API, rendered in OpenAI's error shape; its status sets the HTTP code."""
+"""One error type for the API, rendered in OpenAI's error shape, or Anthropic's on the Anthropic
+routes (/v1/messages...); its status sets the HTTP code."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ from starlette.exceptions import HTTPException
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           429: "rate_limit_error", 503: "service_unavailable"}
+# Anthropic's documented error types. It has no 503: an engine that is down, restarting or whose
+# queue timed out is what it calls overloaded (529), which its SDK retries the same way.
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    529: "overloaded_error"}
+_ANTHROPIC_STATUS = {503: 529}
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
 class EdgeError(Exception):
@@ -27,14 +35,25 @@ class EdgeError(Exception):
         return {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),
                           "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    @property
+    def anthropic_status(self) -> int:
+        return _ANTHROPIC_STATUS.get(self.status, self.status)
+
+    def anthropic_body(self) -> dict:
+        fallback = "invalid_request_error" if self.status < 500 else "api_error"
+        kind = _ANTHROPIC_TYPES.get(self.anthropic_status, fallback)
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def response(self, anthropic: bool = False) -> JSONResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        if anthropic:
+            return JSONResponse(self.anthropic_body(), status_code=self.anthropic_status, headers=headers)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 # Codes the request models raise themselves (pydantic_core.PydanticCustomError(code, ...)): each
 # error keeps its own; every other validation problem is an "invalid_value".
-_MODEL_CODES = frozenset({"invalid_value", "invalid_schema"})
+_MODEL_CODES = frozenset({"invalid_value", "invalid_schema", "unsupported_field"})
 _NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type"})  # of the body itself
 
 
@@ -70,26 +89,34 @@ def _field_path(location: tuple) -> list[str]:
     return path
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "system", "developer", "user", "assistant", "tool", "function-after"}
+_UNION_TAGS = {"str", "int", "float", "bool", "system", "developer", "user", "assistant", "tool", "function-after",
+               "message", "function_call", "function_call_output", "tool_use", "tool_result"}
+
+
+def _anthropic(request: Request) -> bool:
+    """Whether the route answers in Anthropic's error shape."""
+    return request.url.path.startswith(ANTHROPIC_PREFIX)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def edge_error(_: Request, error: EdgeError) -> JSONResponse:
-        return error.response()
+    async def edge_error(request: Request, error: EdgeError) -> JSONResponse:
+        return error.response(_anthropic(request))
 
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        return from_validation(error).response()
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return from_validation(error).response(_anthropic(request))
 
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
-            return EdgeError(404, f"no route {request.method} {request.url.path}", code="unknown_route").response()
-        if error.status_code == 400:  # FastAPI's own, when Python's JSON reader fails (too deep a body, say)
-            return EdgeError(400, "the request body could not be read as JSON (not UTF-8, nested too deeply, "
-                             "or a number too long)", None, "invalid_json").response()
-        return EdgeError(error.status_code, str(error.detail)).response()
+            refusal = EdgeError(404, f"no route {request.method} {request.url.path}", code="unknown_route")
+        elif error.status_code == 400:  # FastAPI's own, when Python's JSON reader fails (too deep a body, say)
+            refusal = EdgeError(400, "the request body could not be read as JSON (not UTF-8, nested too deeply, "
+                                "or a number too long)", None, "invalid_json")
+        else:
+            refusal = EdgeError(error.status_code, str(error.detail))
+        return refusal.response(_anthropic(request))
 
-    async def unexpected(_: Request, error: Exception) -> JSONResponse:
-        return EdgeError(500, f"internal error: {type(error).__name__}").response()
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return EdgeError(500, f"internal error: {type(error).__name__}").response(_anthropic(request))
 
     app.add_exception_handler(EdgeError, edge_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from edge.api.conversation import Conversation, OutputFormat, PastCall, Sampling, Turn
 from edge.chat.grammar import UnsupportedSchema, check_schema_bounds
+from edge.chat.tools import ToolSpec
 from edge.engine.logprobs import MAX_TOP_LOGPROBS
 from edge.engine.sampling import MAX_LOGIT_BIAS
 
@@ -241,6 +243,14 @@ class SamplingFields(_Body):
         """An explicit `"max_tokens": null` asks for everything the context has room for."""
         return "max_tokens" in self.model_fields_set and self.max_tokens is None
 
+    def sampling(self, max_tokens: int | None = None) -> Sampling:
+        """The neutral sampling fields; `max_tokens` (max_completion_tokens) overrides `max_tokens`."""
+        return Sampling(
+            max_tokens if max_tokens is not None else self.max_tokens, self.max_tokens_is_null, self.temperature,
+            self.top_p, self.top_k, self.min_p, self.presence_penalty, self.frequency_penalty,
+            self.repetition_penalty, self.logit_biases, self.stop_strings, self.seed, self.n or 1,
+            self.logprobs_top)
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
@@ -265,37 +275,38 @@ class ChatCompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _check_conversation(self) -> ChatCompletionRequest:
-        last = self.messages[-1]
-        if isinstance(last, AssistantMessage) and last.tool_calls:
-            # A final assistant message is continued, and text after a call is not a call's answer.
-            raise ValueError("messages: a final assistant message cannot have tool_calls: its text is continued; "
-                             "send the calls' results (role tool) after it, or leave the calls out")
-        self._check_tool_results()
-        names = [tool.function.name for tool in self.tools or []]
-        if self.tool_choice not in (None, "none") and not names:
-            raise ValueError("tool_choice: needs tools")
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-            raise ValueError(f"tool_choice: no tool named {self.tool_choice.function.name!r}")
-        if self.tools and self.response_format and self.response_format.type != "text":
-            raise ValueError("response_format: JSON output cannot be combined with tools")
+        self.conversation().check()  # the checks every surface shares (conversation.Conversation.check)
         return self
 
-    def _check_tool_results(self) -> None:
-        called: set[str] = set()
-        for message in self.messages:
-            if isinstance(message, AssistantMessage):
-                called.update(call.id for call in message.tool_calls or [])
-            elif isinstance(message, ToolMessage) and message.tool_call_id not in called:
-                raise ValueError(f"messages: tool message answers unknown tool_call_id {message.tool_call_id!r}")
+    def conversation(self) -> Conversation:
+        """The request in the neutral form the serving core takes."""
+        choice = self.tool_choice
+        output = OutputFormat()
+        if self.response_format is not None and self.response_format.type != "text":
+            schema = self.response_format.json_schema.schema_ if self.response_format.json_schema else None
+            output = OutputFormat(self.response_format.type, schema)
+        return Conversation(
+            self.model, chat_turns(self.messages), self.sampling(self.max_completion_tokens),
+            tuple(ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in self.tools or []),
+            choice.function.name if isinstance(choice, NamedToolChoice) else choice, self.parallel_tool_calls, output)
 
-    @property
-    def tool_mode(self) -> str:
-        """none, auto, required, or the name of the one function the model must call."""
-        if not self.tools or self.tool_choice == "none":
-            return "none"
-        if isinstance(self.tool_choice, NamedToolChoice):
-            return self.tool_choice.function.name
-        return self.tool_choice or "auto"
+
+def chat_turns(messages: list[Message]) -> tuple[Turn, ...]:
+    """Chat messages as neutral turns. A message's `name` is not kept: no template we serve has a
+    place for it."""
+    turns = []
+    for message in messages:
+        text = content_text(message.content)
+        if isinstance(message, SystemMessage):
+            turns.append(Turn("system", text))
+        elif isinstance(message, AssistantMessage):
+            calls = tuple(PastCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or [])
+            turns.append(Turn("assistant", text, calls))
+        elif isinstance(message, ToolMessage):
+            turns.append(Turn("tool", text, call_id=message.tool_call_id))
+        else:
+            turns.append(Turn("user", text))
+    return tuple(turns)
 
 
 class CompletionRequest(SamplingFields):

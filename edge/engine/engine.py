@@ -390,7 +390,7 @@ class Engine:
         logprobs = () if seq.matcher.stopped else seq.take_logprobs()
         if tail or logprobs:
             seq.job.generation.publish(TextDelta(seq.index, tail, logprobs))
-        seq.job.generation.publish(ChoiceFinished(seq.index, reason, seq.generated))
+        seq.job.generation.publish(ChoiceFinished(seq.index, reason, seq.generated, seq.matcher.matched))
 
     def _finish_job(self, job: Job, reason: str) -> None:
         """End every live sequence with `reason`, release its slots, close the stream, count it."""

@@ -121,11 +121,13 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class ChoiceFinished:
-    """Choice `index` is complete: `reason` is "stop" or "length"."""
+    """Choice `index` is complete: `reason` is "stop" or "length"; `stop` is the stop string that
+    ended it (None for the end-of-sequence token or the length): Anthropic's API reports it."""
 
     index: int
     reason: str
     completion_tokens: int
+    stop: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ class StopMatcher:
     stops: tuple[str, ...]
     _pending: str = field(default="", init=False)
     stopped: bool = field(default=False, init=False)
+    matched: str | None = field(default=None, init=False)  # the stop string that ended the text
 
     def __post_init__(self) -> None:
         if any(not s for s in self.stops):
@@ -29,9 +30,11 @@ class StopMatcher:
         if self.stopped:
             return ""
         text = self._pending + piece
-        first_stop = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        found = [(i, s) for s, i in ((s, text.find(s)) for s in self.stops) if i >= 0]
+        first_stop = min(i for i, _ in found) if found else -1
         if first_stop >= 0:
             self.stopped = True
+            self.matched = next(s for i, s in found if i == first_stop)
             self._pending = ""
             return text[:first_stop]
         held = self._held_tail_length(text)

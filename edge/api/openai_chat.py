@@ -1,4 +1,4 @@
-"""OpenAI response shapes, whole or as server-sent events, built from choice updates."""
+"""OpenAI chat/completions response shapes, whole or as server-sent events, built from choice updates."""
 
 from __future__ import annotations
 
