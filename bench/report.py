@@ -239,10 +239,37 @@ def write_report(out: Path, settings, results: dict, load: dict, context: RunCon
     lines = [*_header(settings, load, context, matched, reason), "",
              *_ratio_table(results, context, matched), "",
              *_figures_table(results, context.failures, order), "",
-             "Targets on edge alone: second-turn TTFT <= 0.2x first-turn; n=2 <= 1.3x the time of n=1.", ""]
+             "Targets on edge alone: second-turn TTFT <= 0.2x first-turn; n=2 <= 1.3x the time of n=1.", "",
+             *_profile_table(results.get("edge")), ""]
     lines += [f"![{image}]({image})" for image in images]
     lines += ["", "Raw numbers, token counts included: serve.json. Server logs: *.log beside this file.", ""]
     (out / "serve.md").write_text("\n".join(lines))
+
+
+_PROFILE_PHASES = ("schedule", "decode", "sample", "text", "publish", "other", "wait")
+
+
+def _profile_table(edge: dict | None) -> list[str]:
+    """Where edge's engine step time goes (the edge_engine_step_* metrics over each phase)."""
+    rows = [("single client (streamed)", edge["single"].get("profile"))] if edge else []
+    rows += [(f"{row['clients']} clients", row.get("profile")) for row in (edge or {}).get("concurrency", [])]
+    rows = [(name, profile) for name, profile in rows if profile]
+    if not rows:
+        return []
+    head = " | ".join(f"{phase} ms" for phase in _PROFILE_PHASES)
+    lines = ["## Where edge's engine step goes", "",
+             "Per engine step, medians over the rounds (edge/engine/step_profile.py: schedule = dropping "
+             "cancelled jobs and filling the batch; decode = llama_decode; sample = the sampler chains; text = "
+             "token to piece, UTF-8 and stop matching; publish = handing events to the event loop; other = the "
+             "rest after the decode; wait = the part of the Python time the engine thread spent waiting for a "
+             "core or the GIL, included in the others).", "",
+             f"| Phase | sequences per step | {head} | Python share of a step | Python µs per sequence |",
+             "| --- | --- |" + " --- |" * len(_PROFILE_PHASES) + " --- | --- |"]
+    for name, p in rows:
+        cells = " | ".join(f"{p[phase + '_ms']:.3f}" for phase in _PROFILE_PHASES)
+        lines.append(f"| {name} | {p['sequences_per_step']:.2f} | {cells} | {100 * p['python_share']:.1f}% | "
+                     f"{p['per_sequence_us']:.0f} |")
+    return lines
 
 
 def _row(result: dict, clients: int) -> dict:

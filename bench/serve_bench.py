@@ -28,6 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RunContext, write_report  # noqa: E402
+from step_profile import breakdown, snapshot  # noqa: E402
 from servers import SERVERS, Failure, RunningServer, ServerFailed, Settings, available, llama_server_amx  # noqa: E402
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model  # noqa: E402
@@ -143,12 +144,21 @@ PHASES = ("single", "concurrency", "conversation", "n2")
 PHASE_TITLES = {"single": "single-client", "concurrency": "concurrency", "conversation": "conversation", "n2": "n=2"}
 
 
+def profiled(server: RunningServer, action: Callable[..., dict], *args) -> dict:
+    """`action(*args)`'s figures; on edge, with its engine's step profile over the action."""
+    if server.name != "edge":
+        return action(*args)
+    before = snapshot(server.url)
+    figures = action(*args)
+    return {**figures, "profile": breakdown(before, snapshot(server.url))}
+
+
 def run_phase(phase: str, server: RunningServer, model: LlamaModel, salt: int, quick: bool):
     tokens = 32 if quick else 64
     if phase == "single":
-        return single_client(server, salt, 3, tokens * 2)
+        return profiled(server, single_client, server, salt, 3, tokens * 2)
     if phase == "concurrency":
-        return [concurrent_clients(server, salt, c, 1, tokens) for c in (1, 4, 8)]
+        return [profiled(server, concurrent_clients, server, salt, c, 1, tokens) for c in (1, 4, 8)]
     if phase == "conversation":
         return conversation(server, model, salt // 10000, 1500)
     return n2_vs_n1(server, salt, tokens)
@@ -163,14 +173,26 @@ def summarize(rounds: list[dict]) -> dict:
     concurrency = []
     for index in range(3):
         rows = [r["concurrency"][index] for r in rounds]
-        concurrency.append({key: med(row[key] for row in rows) for key in rows[0]})
+        concurrency.append({key: _median_profile(rows) if key == "profile" else med(row[key] for row in rows)
+                            for key in rows[0]})
     first, second = med(c["first_ttft_s"] for c in conv), med(c["second_ttft_s"] for c in conv)
     n1_s, n2_s = med(x["n1_s"] for x in n2), med(x["n2_s"] for x in n2)
-    return {"single": {"ttft_s": med(x["ttft_s"] for x in single), "decode_tps": med(x["decode_tps"] for x in single)},
+    single_figures = {"ttft_s": med(x["ttft_s"] for x in single), "decode_tps": med(x["decode_tps"] for x in single)}
+    if "profile" in single[0]:
+        single_figures["profile"] = _median_profile(single)
+    return {"single": single_figures,
             "concurrency": concurrency,
             "conversation": {"first_ttft_s": first, "second_ttft_s": second, "ratio": second / first},
             "n2": {"n1_s": n1_s, "n2_s": n2_s, "ratio": n2_s / n1_s, "n2_choices": n2[0]["n2_choices"]},
             "rounds": rounds}
+
+
+def _median_profile(rows: list[dict]) -> dict | None:
+    """Each step-profile figure's median over the rounds that have one."""
+    profiles = [row["profile"] for row in rows if row.get("profile")]
+    if not profiles:
+        return None
+    return {key: statistics.median(p[key] for p in profiles) for key in profiles[0]}
 
 
 def measure_all(names: list[str], settings: Settings, model: LlamaModel, rounds: int, quick: bool,

@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 
 from edge.cards import ModelCard, resolve_model
 from edge.chat.template import ChatTemplate
-from edge.engine.engine import Engine, EngineConfig
+from edge.engine.config import EngineConfig
+from edge.engine.engine import Engine
 from edge.engine.llama_model import LlamaModel
 from edge.engine.supervised import ChildSpec, SupervisedEngine
 from edge.plan.cpu_kernels import KernelChoice

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from edge.api.errors import EdgeError
 from edge.api.logprobs import LogprobWriter
-from edge.api.serving import ChoiceUpdate, Prepared, ServingLayer, Usage
+from edge.api.serving import Prepared, ServingLayer, Usage
 from edge.chat.tools import ToolCall
 from edge.engine.jobs import Generation
 

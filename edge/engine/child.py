@@ -27,7 +27,8 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Protocol
 
-from edge.engine.engine import Engine, EngineConfig
+from edge.engine.config import EngineConfig
+from edge.engine.engine import Engine
 from edge.engine.jobs import (
     Cancellable, EngineRefusal, Event, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest,
 )

@@ -21,71 +21,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import llama_cpp
 
 from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
+from edge.engine.config import EngineConfig, check_fits, context_params
 from edge.engine.job import Job, Sequence
 from edge.engine.jobs import (
     ChoiceFinished, EngineUnavailable, Generation, GenerationDone, GenerationFailed, GenerationHandle, GenerationRequest,
-    QueueFull, RequestInvalid, ShuttingDown,
+    Outbox, QueueFull, RequestInvalid, ShuttingDown,
     Started, TextDelta,
 )
 from edge.engine.logprobs import token_logprob
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
 from edge.engine.slots import SlotTable
+from edge.engine.step_profile import PUBLISH, SAMPLE, TEXT
 
 log = logging.getLogger("edge.engine")
-
-
-_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
-_FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-               "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the context is sized: `ctx_size` tokens per request, `parallel` sequences at once;
-    up to `max_queue` requests wait for a slot, each at most `queue_timeout` seconds (None: no limit)."""
-
-    ctx_size: int
-    parallel: int = 2
-    n_batch: int = 512
-    threads: int | None = None
-    max_queue: int = 64
-    queue_timeout: float | None = 600.0
-    cache_type_k: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention)
-    cache_type_v: str = "f16"
-    flash_attn: str = "auto"  # auto, on or off
-
-    def __post_init__(self) -> None:
-        if self.ctx_size < 16:
-            raise ValueError(f"context size must be at least 16 tokens, got {self.ctx_size}")
-        if self.parallel < 1:
-            raise ValueError(f"parallel must be at least 1, got {self.parallel}")
-        if self.max_queue < 0:
-            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
-        if self.parallel > self.n_batch:
-            # Every step puts one token of each running sequence into the batch.
-            raise ValueError(f"parallel ({self.parallel}) must not exceed the batch size ({self.n_batch})")
-
-
-def check_fits(request: GenerationRequest, config: EngineConfig) -> None:
-    """Raise RequestInvalid when `request` could never run on an engine configured as `config`."""
-    if not request.prompt_tokens:
-        raise RequestInvalid("the prompt is empty")
-    if request.n > config.parallel:
-        raise RequestInvalid(f"n={request.n} needs the server started with --parallel {request.n} or more")
-    if request.kv_cells() > config.ctx_size:
-        raise RequestInvalid(f"the request needs {request.kv_cells()} KV cells; a sequence has {config.ctx_size}")
 
 
 class Engine:
@@ -98,22 +56,14 @@ class Engine:
         self._on_death = on_death  # told once, from the engine thread, if its loop ever raises
         self._died: BaseException | None = None
         self.metrics = EngineMetrics()
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = config.ctx_size * config.parallel
-        params.n_batch = params.n_ubatch = config.n_batch
-        params.n_seq_max = config.parallel
-        params.kv_unified = False  # a stream per sequence: batched output equals solo output
-        params.n_threads = params.n_threads_batch = config.threads or os.cpu_count() or 1
-        params.no_perf = True
-        params.type_k, params.type_v = _CACHE_TYPES[config.cache_type_k], _CACHE_TYPES[config.cache_type_v]
-        params.flash_attn_type = _FLASH_ATTN[config.flash_attn]
-        self._ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+        self._ctx = llama_cpp.llama_init_from_model(model.ptr, context_params(config))
         if not self._ctx:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._slots = SlotTable(llama_cpp.llama_get_memory(self._ctx), config.parallel)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.parallel)
         self._self_test()
         self._inbox: queue.Queue[Job | None] = queue.Queue()
+        self._outbox = Outbox()  # events wait here for the end of the step (engine thread only)
         # Slots asked for by requests not yet finished (the event loop adds, the engine thread
         # subtracts), and the mean request duration that Retry-After is based on.
         self._lock = threading.Lock()
@@ -245,10 +195,11 @@ class Engine:
         for job in jobs:
             job.outcome = "failed"
             try:
-                job.generation.publish(GenerationFailed(message, "engine_unavailable"))
+                self._outbox.put(job.generation, GenerationFailed(message, "engine_unavailable"))
                 self._finish_job(job, "cancelled")
             except Exception:  # noqa: BLE001 - the state that killed the loop may break this too
-                job.generation.publish(GenerationDone(len(job.request.prompt_tokens)))
+                self._outbox.put(job.generation, GenerationDone(len(job.request.prompt_tokens)))
+        self._outbox.flush()
 
     def _loop(self, waiting: deque[Job], active: list[Job]) -> None:
         while True:
@@ -259,6 +210,7 @@ class Engine:
                 while True:
                     if incoming is None:
                         self._shut_down([*waiting, *active])
+                        self._outbox.flush()
                         return
                     waiting.append(incoming)
                     incoming = self._inbox.get_nowait()
@@ -267,6 +219,7 @@ class Engine:
             self._admit(waiting, active)
             if active:
                 self._step(active)
+            self._outbox.flush()  # the step's events, to each event loop at once
 
     def _admit(self, waiting: deque[Job], active: list[Job]) -> None:
         """Move waiting jobs, oldest first, into the batch while slots are free."""
@@ -289,7 +242,7 @@ class Engine:
             active.append(job)
             self.metrics.prompt_tokens.inc(len(prompt))
             self.metrics.prefix_hit_tokens.inc(claim.reused)
-            job.generation.publish(Started(claim.reused))
+            self._outbox.put(job.generation, Started(claim.reused))
         self.metrics.queue_depth.set(len(waiting))
         self.metrics.busy_slots.set(self._slots.busy)
 
@@ -304,7 +257,7 @@ class Engine:
             elif limit is not None and now - job.submitted > limit:
                 waiting.remove(job)
                 job.outcome = "timeout"
-                job.generation.publish(GenerationFailed(
+                self._outbox.put(job.generation, GenerationFailed(
                     f"the request waited more than {limit:g} s for a free slot; the server is busy, retry later",
                     "queue_timeout"))
                 self._finish_job(job, "cancelled")
@@ -314,6 +267,8 @@ class Engine:
         for job in [job for job in active if job.generation.cancelled]:
             active.remove(job)
             self._finish_job(job, "cancelled")
+        profile = self.metrics.steps
+        profile.start()
         readers: list[tuple[int, list[Sequence]]] = []
         batch = BatchWriter(self._batch, self.config.n_batch)
         for job in active:
@@ -329,23 +284,38 @@ class Engine:
                     readers.append((last_index, job.live))
         if not batch.count:
             return
+        decode_started = profile.decoding()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
+        profile.decoded(decode_started)
         if status != 0:
             log.error("llama_decode failed with status %d", status)
             for job in list(active):
                 job.outcome = "failed"
-                job.generation.publish(GenerationFailed(f"llama.cpp decode failed (status {status})", "decode_failed"))
+                self._outbox.put(job.generation, GenerationFailed(f"llama.cpp decode failed (status {status})", "decode_failed"))
                 active.remove(job)
                 self._finish_job(job, "cancelled")
             return
+        self._sample(readers)
+        for job in [job for job in active if not job.live]:
+            active.remove(job)
+            self._finish_job(job, "stop")
+        publish_started = time.perf_counter()
+        self._outbox.flush()
+        profile.add(PUBLISH, time.perf_counter() - publish_started)
+        profile.commit()
+
+    def _sample(self, readers: list[tuple[int, list[Sequence]]]) -> None:
+        """Draw each sequence's next token from the logits at its batch index, and accept it."""
+        profile = self.metrics.steps
         for output_index, sequences in readers:
             for seq in sequences:
                 if seq.slot is not sequences[0].slot:  # n=2, prompt just read: the second gets a copy
                     self._slots.copy(sequences[0].slot, seq.slot)
-                self._accept(seq, seq.sampler.sample(self._ctx, output_index), output_index)
-        for job in [job for job in active if not job.live]:
-            active.remove(job)
-            self._finish_job(job, "stop")
+                sampling_started = time.perf_counter()
+                token = seq.sampler.sample(self._ctx, output_index)
+                profile.add(SAMPLE, time.perf_counter() - sampling_started)
+                profile.sampled()
+                self._accept(seq, token, output_index)
 
     def _add_prompt_chunk(self, batch: BatchWriter, job: Job) -> int:
         """Prompt tokens into the first sequence only (streams cannot share a token)."""
@@ -373,9 +343,12 @@ class Engine:
         if job.request.logprobs is not None:
             seq.pending_logprobs.append(token_logprob(self._ctx, output_index, self.model.n_vocab, token,
                                                       job.request.logprobs))
+        profile = self.metrics.steps
+        text_started = time.perf_counter()
         released = seq.matcher.feed(seq.decoder.decode(self.model.piece(token)))
+        profile.add(TEXT, time.perf_counter() - text_started)
         if released:
-            job.generation.publish(TextDelta(seq.index, released, seq.take_logprobs()))
+            self._outbox.put(job.generation, TextDelta(seq.index, released, seq.take_logprobs()))
         if seq.matcher.stopped:
             self._finish_sequence(seq, "stop")
         elif seq.generated >= job.request.max_tokens:
@@ -389,8 +362,8 @@ class Engine:
         # The tokens of a stop string are not part of the answer, nor are their logprobs.
         logprobs = () if seq.matcher.stopped else seq.take_logprobs()
         if tail or logprobs:
-            seq.job.generation.publish(TextDelta(seq.index, tail, logprobs))
-        seq.job.generation.publish(ChoiceFinished(seq.index, reason, seq.generated, seq.matcher.matched))
+            self._outbox.put(seq.job.generation, TextDelta(seq.index, tail, logprobs))
+        self._outbox.put(seq.job.generation, ChoiceFinished(seq.index, reason, seq.generated, seq.matcher.matched))
 
     def _finish_job(self, job: Job, reason: str) -> None:
         """End every live sequence with `reason`, release its slots, close the stream, count it."""
@@ -401,7 +374,7 @@ class Engine:
         job.close_samplers()
         # Counted before GenerationDone goes out: the API cancels every generation once it is done.
         self._account(job, job.outcome or ("cancelled" if reason == "cancelled" else "completed"))
-        job.generation.publish(GenerationDone(len(job.request.prompt_tokens)))
+        self._outbox.put(job.generation, GenerationDone(len(job.request.prompt_tokens)))
 
     def _account(self, job: Job, outcome: str) -> None:
         now = time.monotonic()
@@ -417,5 +390,5 @@ class Engine:
     def _shut_down(self, jobs: list[Job]) -> None:
         for job in jobs:
             job.outcome = "failed"
-            job.generation.publish(GenerationFailed("the server is shutting down", "shutting_down"))
+            self._outbox.put(job.generation, GenerationFailed("the server is shutting down", "shutting_down"))
             self._finish_job(job, "cancelled")

@@ -185,12 +185,20 @@ class Generation(Cancellable):
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._first: Event | None = None  # read by `started`, handed out again by `events`
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def publish(self, event: Event) -> None:
         """Called from the engine thread."""
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self.deliver, event)
         except RuntimeError:  # the request's event loop is gone: nobody is listening
             self._cancelled.set()
+
+    def deliver(self, event: Event) -> None:
+        """Called on the request's event loop."""
+        self._events.put_nowait(event)
 
     async def started(self) -> GenerationFailed | None:
         """Wait until the request leaves the queue; the failure that ended it there, if any."""
@@ -209,3 +217,36 @@ class Generation(Cancellable):
                 yield event
             if isinstance(event, GenerationDone):
                 return
+
+
+class Outbox:
+    """The events of one engine step, handed over together when it ends: each event loop is woken
+    once a step (one call_soon_threadsafe, one write to its self-pipe, one GIL hand-off), not once
+    per token of every sequence. Everything the engine publishes goes through it, so each
+    request's events keep their order."""
+
+    def __init__(self) -> None:
+        self._held: list[tuple[GenerationHandle, Event]] = []
+
+    def put(self, handle: GenerationHandle, event: Event) -> None:
+        self._held.append((handle, event))
+
+    def flush(self) -> None:
+        held, self._held = self._held, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, Event]]] = {}
+        for handle, event in held:
+            if isinstance(handle, Generation):
+                by_loop.setdefault(handle.loop, []).append((handle, event))
+            else:  # another kind of handle (the engine process's pipe) delivers its own way
+                handle.publish(event)
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, batch)
+            except RuntimeError:  # that event loop is gone: nobody is listening
+                for generation, _ in batch:
+                    generation.cancel()
+
+
+def _deliver_all(batch: list[tuple[Generation, Event]]) -> None:
+    for generation, event in batch:
+        generation.deliver(event)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from edge.engine.step_profile import StepProfile
+
 # Outcomes a request can have, as the `status` label of edge_requests_total.
 OUTCOMES = ("completed", "cancelled", "failed", "rejected", "timeout")
 
@@ -34,6 +36,7 @@ class EngineMetrics:
         self.decode_rate = Histogram("edge_decode_tokens_per_second",
                                      "Per request: tokens after the first / time after the first",
                                      buckets=_RATE_BUCKETS, registry=registry)
+        self.steps = StepProfile(registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

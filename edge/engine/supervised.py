@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 
 from edge.engine.child import ChildSpec, Message, PipeWriter, run_child
-from edge.engine.engine import check_fits
+from edge.engine.config import check_fits
 from edge.engine.jobs import (
     EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest, ShuttingDown,
 )

@@ -96,3 +96,22 @@ def test_metrics_parse_and_move(wide, wide_client):
     assert families["edge_queue_depth"] == "gauge" and families["edge_busy_slots"] == "gauge"
     assert families["edge_time_to_first_token_seconds"] == "histogram"
     assert families["edge_decode_tokens_per_second"] == "histogram"
+
+
+def test_step_profile_counts_every_step_and_phase(wide, wide_client):
+    """The edge_engine_step_* counters (edge/engine/step_profile.py) that `make bench` reads: one
+    request alone, its prompt read in one step, samples one sequence per step."""
+    names = ("edge_engine_steps_total", "edge_engine_step_sequences_total", "edge_engine_step_wait_seconds_total")
+    before = {name: metric(wide, name) for name in names}
+    phases = ("schedule", "decode", "sample", "text", "publish", "other")
+    seconds = {phase: metric(wide, "edge_engine_step_seconds_total", {"phase": phase}) for phase in phases}
+    reply = wide_client.chat.completions.create(model=MODEL, messages=story("a long river"), temperature=0,
+                                                max_tokens=12)
+    steps = metric(wide, "edge_engine_steps_total") - before["edge_engine_steps_total"]
+    sampled = metric(wide, "edge_engine_step_sequences_total") - before["edge_engine_step_sequences_total"]
+    assert steps == sampled and sampled - reply.usage.completion_tokens in (0, 1)  # +1: an end-of-sequence token
+    grown = {phase: metric(wide, "edge_engine_step_seconds_total", {"phase": phase}) - seconds[phase]
+             for phase in phases}
+    assert all(value > 0 for value in grown.values()), grown
+    assert grown["decode"] > grown["sample"]
+    assert metric(wide, "edge_engine_step_wait_seconds_total") >= before["edge_engine_step_wait_seconds_total"]

@@ -12,7 +12,8 @@ import pytest
 from support import EMBEDDED_GGUF
 
 from edge.engine.batch import BatchWriter
-from edge.engine.engine import Engine, EngineConfig
+from edge.engine.config import EngineConfig
+from edge.engine.engine import Engine
 from edge.engine.jobs import EngineUnavailable, GenerationDone, GenerationFailed, GenerationRequest, ShuttingDown
 from edge.engine.llama_model import LlamaModel
 

@@ -20,7 +20,7 @@ from support import EMBEDDED_GGUF
 
 from edge.api.errors import EdgeError
 from edge.api.serving import Prepared, ServingLayer
-from edge.engine.engine import EngineConfig
+from edge.engine.config import EngineConfig
 from edge.engine.jobs import (
     ChoiceFinished, EngineUnavailable, Event, Generation, GenerationDone, GenerationFailed, GenerationRequest,
     RequestInvalid, ShuttingDown, TextDelta,

@@ -186,7 +186,7 @@ def test_a_user_messages_name_is_accepted_and_not_rendered():
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
 def test_max_tokens_beyond_the_context_is_clamped_to_the_room_left(field):
-    from edge.engine.engine import EngineConfig, check_fits
+    from edge.engine.config import EngineConfig, check_fits
 
     layer = ServingLayer(StandIn(ChatTemplate(CHATML, "", ""), 1024))
     request = ChatCompletionRequest.model_validate(
