@@ -34,6 +34,9 @@ BENCH_CACHE  ?= $(HOME)/.cache/edge-bench
 LCP_VERSION  := 0.3.36
 LCP_SDIST    := $(BENCH_CACHE)/llama_cpp_python-$(LCP_VERSION).tar.gz
 LLAMA_SERVER := $(BENCH_CACHE)/llama-server-build/bin/llama-server
+# The same llama-server built for this CPU's instruction sets named one by one (bench/isa_flags.py)
+# instead of -march=native: on some CPUs it decodes faster, so the benchmark compares against both.
+LLAMA_SERVER_ISA := $(BENCH_CACHE)/llama-server-isa-build/bin/llama-server
 LCP_SERVER   := $(BENCH_CACHE)/lcp-venv/.installed
 BENCH_STAMP  := $(VENV)/.bench-installed
 
@@ -107,7 +110,7 @@ $(BENCH_STAMP): $(TEST_STAMP)
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/cpu_kernels_bench.py $(ARGS)
 
-bench-tools: $(LLAMA_SERVER) $(LCP_SERVER)
+bench-tools: $(LLAMA_SERVER) $(LLAMA_SERVER_ISA) $(LCP_SERVER)
 
 $(LCP_SDIST):
 	mkdir -p $(BENCH_CACHE)
@@ -118,6 +121,13 @@ $(LLAMA_SERVER): $(LCP_SDIST)
 	cmake -S $(BENCH_CACHE)/llama_cpp_python-$(LCP_VERSION)/vendor/llama.cpp -B $(BENCH_CACHE)/llama-server-build \
 	  -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 	cmake --build $(BENCH_CACHE)/llama-server-build --target llama-server -j$$(nproc)
+
+$(LLAMA_SERVER_ISA): $(LCP_SDIST)
+	cd $(BENCH_CACHE) && tar xzf $(notdir $(LCP_SDIST))
+	cmake -S $(BENCH_CACHE)/llama_cpp_python-$(LCP_VERSION)/vendor/llama.cpp -B $(BENCH_CACHE)/llama-server-isa-build \
+	  -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	  $$($(PYTHON) bench/isa_flags.py)
+	cmake --build $(BENCH_CACHE)/llama-server-isa-build --target llama-server -j$$(nproc)
 
 $(LCP_SERVER):
 	$(PYTHON) -m venv $(BENCH_CACHE)/lcp-venv

@@ -62,20 +62,22 @@ def stream(server: RunningServer, route: str, payload: dict, max_tokens: int) ->
     """TTFT (send to first content), decode rate (tokens after the first over their time), text."""
     body = {"model": server.model, **payload, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     started = time.perf_counter()
-    stamps, text = [], []
+    stamps, text, timings = [], [], {}
     with httpx.stream("POST", f"{server.url}/v1/{route}", json=body, timeout=900) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+            chunk = json.loads(line[6:])
+            timings = chunk.get("timings") or timings  # llama-server's own: cache_n, prompt_n
+            choice = (chunk.get("choices") or [{}])[0]
             content = (choice.get("delta") or {}).get("content") or choice.get("text")
             if content:
                 stamps.append(time.perf_counter())
                 text.append(content)
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
     return {"ttft": stamps[0] - started if stamps else float("nan"), "decode_tps": decode,
-            "tokens": len(stamps), "text": "".join(text)}
+            "tokens": len(stamps), "text": "".join(text), "timings": timings}
 
 
 def stream_chat(server: RunningServer, messages: list[dict], max_tokens: int) -> dict:
@@ -119,11 +121,37 @@ def document(seed: int, model: LlamaModel, target_tokens: int) -> tuple[str, int
 def conversation(server: RunningServer, model: LlamaModel, seed: int, target_tokens: int) -> dict:
     text, size = document(seed, model, target_tokens)
     turn = [{"role": "user", "content": f"{text}\n\nWhich room holds item {1000 * seed + 5}?"}]
-    first = stream_chat(server, turn, 32)
+    first = chat_turn(server, turn)
     history = [*turn, {"role": "assistant", "content": first["text"]},
                {"role": "user", "content": "And which shelf is it on?"}]
-    second = stream_chat(server, history, 32)
-    return {"document_tokens": size, "first_ttft_s": first["ttft"], "second_ttft_s": second["ttft"]}
+    second = chat_turn(server, history)
+    return {"document_tokens": size, "first_ttft_s": first["ttft"], "second_ttft_s": second["ttft"],
+            "first_reused": first["reused"], "first_evaluated": first["evaluated"],
+            "second_reused": second["reused"], "second_evaluated": second["evaluated"]}
+
+
+def chat_turn(server: RunningServer, messages: list[dict]) -> dict:
+    """One streamed turn, with the prompt tokens found in the cache (`reused`) and those evaluated:
+    edge's from its metrics, llama-server's from its `timings`; None where a server says neither."""
+    counters = ("edge_prompt_tokens_total", "edge_prefix_cache_hit_tokens_total")
+    before = _metrics(server, counters) if server.name == "edge" else None
+    result = stream_chat(server, messages, 32)
+    reused = evaluated = None
+    if before is not None:
+        prompt, hits = (after - was for after, was in zip(_metrics(server, counters), before))
+        reused, evaluated = hits, prompt - hits
+    elif "prompt_n" in result["timings"]:
+        reused, evaluated = result["timings"].get("cache_n"), result["timings"]["prompt_n"]
+    return {**result, "reused": reused, "evaluated": evaluated}
+
+
+def _metrics(server: RunningServer, names: tuple[str, ...]) -> list[float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {sample.name: sample.value
+              for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics", timeout=30).text)
+              for sample in family.samples}
+    return [values.get(name, 0.0) for name in names]
 
 
 def n2_vs_n1(server: RunningServer, salt: int, max_tokens: int) -> dict:
@@ -182,9 +210,17 @@ def summarize(rounds: list[dict]) -> dict:
         single_figures["profile"] = _median_profile(single)
     return {"single": single_figures,
             "concurrency": concurrency,
-            "conversation": {"first_ttft_s": first, "second_ttft_s": second, "ratio": second / first},
+            "conversation": {"first_ttft_s": first, "second_ttft_s": second, "ratio": second / first,
+                             **_reuse_medians(conv)},
             "n2": {"n1_s": n1_s, "n2_s": n2_s, "ratio": n2_s / n1_s, "n2_choices": n2[0]["n2_choices"]},
             "rounds": rounds}
+
+
+def _reuse_medians(conv: list[dict]) -> dict:
+    """Prompt tokens reused and evaluated on each turn, medians over the rounds (None: not known)."""
+    keys = ("first_reused", "first_evaluated", "second_reused", "second_evaluated")
+    known = {key: [c[key] for c in conv if c.get(key) is not None] for key in keys}
+    return {key: statistics.median(values) if values else None for key, values in known.items()}
 
 
 def _median_profile(rows: list[dict]) -> dict | None:

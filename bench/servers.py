@@ -28,11 +28,14 @@ from support import free_port  # noqa: E402
 
 CACHE = Path(os.environ.get("EDGE_BENCH_CACHE", Path.home() / ".cache" / "edge-bench"))
 LLAMA_SERVER = CACHE / "llama-server-build" / "bin" / "llama-server"
+LLAMA_SERVER_ISA = CACHE / "llama-server-isa-build" / "bin" / "llama-server"  # explicit ISA flags, no native
 LCP_PYTHON = CACHE / "lcp-venv" / "bin" / "python"
 
-SERVERS = ("edge", "llama-server", "llama-server-norepack", "llama-cpp-python")
+SERVERS = ("edge", "llama-server", "llama-server-norepack", "llama-server-isa", "llama-server-isa-norepack",
+           "llama-cpp-python")
 LABELS = {"edge": "edge", "llama-server": "llama-server (default)",
-          "llama-server-norepack": "llama-server --no-repack", "llama-cpp-python": "llama-cpp-python"}
+          "llama-server-norepack": "llama-server --no-repack", "llama-server-isa": "llama-server ISA build",
+          "llama-server-isa-norepack": "llama-server ISA build --no-repack", "llama-cpp-python": "llama-cpp-python"}
 READY_TIMEOUT = 180.0  # seconds a server may take to load and answer /v1/models
 EXIT_GRACE = 10.0  # seconds a server whose request broke off gets to finish dying before we call it alive
 
@@ -94,9 +97,9 @@ def exit_description(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _llama_server(s: Settings, port: int) -> list[str]:
+def _llama_server(s: Settings, port: int, binary: Path = LLAMA_SERVER) -> list[str]:
     # -c is the total: llama-server splits it into -np slots of c/np tokens each.
-    return [str(LLAMA_SERVER), "-m", str(s.gguf), "--port", str(port), "--host", "127.0.0.1",
+    return [str(binary), "-m", str(s.gguf), "--port", str(port), "--host", "127.0.0.1",
             "-np", str(s.parallel), "-c", str(s.ctx_per_slot * s.parallel), "-t", str(s.threads),
             "-tb", str(s.threads), "-b", str(s.batch), "-ub", str(s.batch), "--jinja", "--no-webui",
             "-ngl", str(s.gpu_layers)]
@@ -110,10 +113,9 @@ def _command(name: str, settings: Settings, port: int) -> list[str]:
         return [sys.executable, "-m", "edge.cli", "serve", "--port", str(port), "--model", str(s.gguf),
                 "--parallel", str(s.parallel), "--ctx-size", str(s.ctx_per_slot), "--threads", str(s.threads),
                 "--max-queue", "1000", "--log-level", "warning", "--n-gpu-layers", str(s.gpu_layers)]
-    if name == "llama-server":
-        return _llama_server(s, port)
-    if name == "llama-server-norepack":
-        return [*_llama_server(s, port), "--no-repack"]
+    if name.startswith("llama-server"):
+        command = _llama_server(s, port, LLAMA_SERVER_ISA if name.startswith("llama-server-isa") else LLAMA_SERVER)
+        return [*command, "--no-repack"] if name.endswith("-norepack") else command
     if name == "llama-cpp-python":
         # One Llama object: it has no slots, so it gets one slot's context. It has no setting for
         # llama.cpp's use_extra_bufts, so it always runs with the default (AMX where built).
@@ -199,7 +201,9 @@ def available(name: str) -> bool:
     """Whether `name`'s program is here (`make bench-tools` builds the comparators)."""
     if name == "edge":
         return True
-    return (LCP_PYTHON if name == "llama-cpp-python" else LLAMA_SERVER).exists()
+    if name == "llama-cpp-python":
+        return LCP_PYTHON.exists()
+    return (LLAMA_SERVER_ISA if name.startswith("llama-server-isa") else LLAMA_SERVER).exists()
 
 
 def llama_server_amx() -> tuple[bool | None, str]:
