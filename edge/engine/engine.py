@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import llama_cpp
 
@@ -61,7 +62,6 @@ class Engine:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._slots = SlotTable(llama_cpp.llama_get_memory(self._ctx), config.parallel)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.parallel)
-        self._self_test()
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._outbox = Outbox()  # events wait here for the end of the step (engine thread only)
         # Slots asked for by requests not yet finished (the event loop adds, the engine thread
@@ -71,8 +71,16 @@ class Engine:
         self._closing = False  # set once by close(): refuse new requests
         self._close_lock = threading.Lock()  # close() may come from a shutdown timer and from the owner
         self._mean_seconds = 1.0
+        # Every llama.cpp computation runs on the engine thread, the self-test too. ggml's OpenMP
+        # build syncs each graph node with an OpenMP barrier, and libgomp spins at a barrier only
+        # while its threads (every team of every thread that ever ran a parallel region) fit the
+        # CPUs; a second team, the caller's, turns the spins into sleeps. Measured on a 2-core AMD
+        # EPYC, SmolLM2 Q4_1, one sequence: 9-10 ms per decode on one thread, 12-14 ms once the
+        # constructor's thread had decoded too.
+        self._self_tested: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
         self._thread.start()
+        self._self_tested.result()  # its failure, raised here: the engine never starts
 
     SELF_TEST_TOKENS = 64
 
@@ -166,6 +174,12 @@ class Engine:
     # --- engine thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._self_test()
+        except BaseException as error:  # noqa: BLE001 - handed to the constructor, which raises it
+            self._self_tested.set_exception(error)
+            return
+        self._self_tested.set_result(None)
         waiting: deque[Job] = deque()
         active: list[Job] = []
         try:

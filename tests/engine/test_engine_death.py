@@ -93,3 +93,41 @@ def test_the_batch_writer_never_writes_past_its_capacity() -> None:
             writer.add(1, 4, [0], False)
     finally:
         llama_cpp.llama_batch_free(batch)
+
+
+class _RecordingEngine(Engine):
+    """Records the thread of every llama_decode (the self-test's and each step's)."""
+
+    decoding_threads: set[str] = set()
+
+    def _self_test(self) -> None:
+        type(self).decoding_threads.add(threading.current_thread().name)
+        super()._self_test()
+
+    def _step(self, active) -> None:  # noqa: ANN001 - the engine's own list of jobs
+        type(self).decoding_threads.add(threading.current_thread().name)
+        super()._step(active)
+
+
+class _FailingSelfTest(Engine):
+    def _self_test(self) -> None:
+        raise RuntimeError("injected: the kernels cannot decode a batch")
+
+
+def test_every_decode_runs_on_the_engine_thread_and_a_failed_self_test_stops_the_start() -> None:
+    """One OpenMP master: a decode on a second thread slows every later one (engine.py's comment)."""
+    model = LlamaModel(EMBEDDED_GGUF)
+    engine = _RecordingEngine(model, EngineConfig(ctx_size=256, parallel=1, threads=2))
+
+    async def run() -> list[object]:
+        generation = engine.submit(GenerationRequest([1, 2, 3, 4], 4), asyncio.get_running_loop())
+        return [event async for event in generation.events()]
+
+    try:
+        assert isinstance(asyncio.run(asyncio.wait_for(run(), timeout=60))[-1], GenerationDone)
+        assert _RecordingEngine.decoding_threads == {"edge-engine"}
+        with pytest.raises(RuntimeError, match="injected"):
+            _FailingSelfTest(model, EngineConfig(ctx_size=256, parallel=1, threads=2))
+    finally:
+        engine.close()
+        model.close()
