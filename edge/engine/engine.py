@@ -298,9 +298,9 @@ class Engine:
                     readers.append((last_index, job.live))
         if not batch.count:
             return
-        decode_started = profile.decoding()
+        profile.decoding()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
-        profile.decoded(decode_started)
+        profile.decoded()
         if status != 0:
             log.error("llama_decode failed with status %d", status)
             for job in list(active):

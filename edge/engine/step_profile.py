@@ -36,7 +36,7 @@ class StepProfile:
                                   registry=registry)
         self.totals = [0.0] * len(PHASES)  # this step's seconds, indexed like PHASES
         self._wall = self._cpu = 0.0  # where the running Python part began, on each clock
-        self._python_wall = self._python_cpu = 0.0  # the step's Python before the decode
+        self._python_cpu = 0.0  # thread CPU of the step's Python before the decode (its wall: totals[0])
         self._sampled = 0
 
     def start(self) -> None:
@@ -45,17 +45,15 @@ class StepProfile:
         self._sampled = 0
         self._wall, self._cpu = time.perf_counter(), time.thread_time()
 
-    def decoding(self) -> float:
-        """The batch is full: returns the time at which decode starts."""
-        now = time.perf_counter()
-        self.totals[0] = now - self._wall
-        self._python_wall, self._python_cpu = now - self._wall, time.thread_time() - self._cpu
-        return now
+    def decoding(self) -> None:
+        """The batch is full: decode starts now (the Python before it is `schedule`)."""
+        self.totals[0] = time.perf_counter() - self._wall
+        self._python_cpu = time.thread_time() - self._cpu
 
-    def decoded(self, started: float) -> None:
+    def decoded(self) -> None:
         """Decode is done: the Python part after it starts now."""
         now = time.perf_counter()
-        self.totals[1] = now - started
+        self.totals[1] = now - (self._wall + self.totals[0])
         self._wall, self._cpu = now, time.thread_time()
 
     def add(self, phase: int, seconds: float) -> None:
@@ -69,7 +67,7 @@ class StepProfile:
         """The step is over: its figures go into the counters."""
         after_decode = time.perf_counter() - self._wall
         self.totals[-1] = max(0.0, after_decode - sum(self.totals[2:-1]))
-        wall = self._python_wall + after_decode
+        wall = self.totals[0] + after_decode
         cpu = self._python_cpu + time.thread_time() - self._cpu
         for counter, seconds in zip(self._phase_counters, self.totals):
             counter.inc(seconds)
