@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RunContext, write_report  # noqa: E402
-from step_profile import breakdown, snapshot  # noqa: E402
+from step_profile import breakdown, samples, snapshot  # noqa: E402
 from servers import SERVERS, Failure, RunningServer, ServerFailed, Settings, available, llama_server_amx  # noqa: E402
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model  # noqa: E402
@@ -146,11 +146,7 @@ def chat_turn(server: RunningServer, messages: list[dict]) -> dict:
 
 
 def _metrics(server: RunningServer, names: tuple[str, ...]) -> list[float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values = {sample.name: sample.value
-              for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics", timeout=30).text)
-              for sample in family.samples}
+    values = {sample.name: sample.value for sample in samples(server.url)}
     return [values.get(name, 0.0) for name in names]
 
 

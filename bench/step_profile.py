@@ -10,20 +10,24 @@ from prometheus_client.parser import text_string_to_metric_families
 PHASES = ("schedule", "decode", "sample", "text", "publish", "other")
 
 
+_COUNTERS = {"edge_engine_step_wait_seconds_total": "wait", "edge_engine_steps_total": "steps",
+             "edge_engine_step_sequences_total": "sequences"}
+
+
+def samples(url: str) -> list:
+    """Every sample of the server's GET /metrics, read with Prometheus' own text parser."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
 def snapshot(url: str) -> dict[str, float]:
     """The step counters now: seconds by phase, `wait`, `steps` and `sequences`."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
     counters: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "edge_engine_step_seconds_total":
-                counters[sample.labels["phase"]] = sample.value
-            elif sample.name == "edge_engine_step_wait_seconds_total":
-                counters["wait"] = sample.value
-            elif sample.name == "edge_engine_steps_total":
-                counters["steps"] = sample.value
-            elif sample.name == "edge_engine_step_sequences_total":
-                counters["sequences"] = sample.value
+    for sample in samples(url):
+        if sample.name == "edge_engine_step_seconds_total":
+            counters[sample.labels["phase"]] = sample.value
+        elif sample.name in _COUNTERS:
+            counters[_COUNTERS[sample.name]] = sample.value
     return counters
 
 
