@@ -5,6 +5,7 @@ thinking (the served model reads and writes text), no server tools (nothing runs
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -134,12 +135,13 @@ class ConversationBody(RefusingBody):
 
     @model_validator(mode="after")
     def _check_conversation(self) -> ConversationBody:
-        self.conversation().check()
+        self.conversation.check()
         return self
 
     def sampling(self) -> Sampling:
         return Sampling()
 
+    @cached_property
     def conversation(self) -> Conversation:
         """The request in the neutral form the serving core takes."""
         system = [Turn("system", _text(self.system))] if self.system else []

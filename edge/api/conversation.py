@@ -1,7 +1,7 @@
 """The neutral request form under every surface: a conversation, sampling, tools, an output format.
 
 OpenAI chat completions (protocol.py), OpenAI Responses (openai_responses_protocol.py) and
-Anthropic Messages (anthropic_protocol.py) each convert their request into a `Conversation`;
+Anthropic Messages (anthropic_messages_protocol.py) each convert their request into a `Conversation`;
 the serving core (serving.py) turns it into the engine request. So the tool prompt and grammar,
 the JSON grammar, the sampling defaults and the context budget exist once, whichever API a
 client speaks. The checks that hold for any surface live here too (`Conversation.check`), and

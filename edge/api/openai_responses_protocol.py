@@ -7,6 +7,7 @@ are refused: no earlier response exists here to continue from.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
@@ -179,13 +180,14 @@ class ResponsesRequest(RefusingBody):
 
     @model_validator(mode="after")
     def _check_conversation(self) -> ResponsesRequest:
-        self.conversation().check()
+        self.conversation.check()
         return self
 
     @property
     def output_format(self) -> FormatSpec:
         return (self.text.format if self.text else None) or FormatSpec(type="text")
 
+    @cached_property
     def conversation(self) -> Conversation:
         """The request in the neutral form the serving core takes."""
         choice = self.tool_choice

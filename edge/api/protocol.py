@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -275,9 +276,10 @@ class ChatCompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _check_conversation(self) -> ChatCompletionRequest:
-        self.conversation().check()  # the checks every surface shares (conversation.Conversation.check)
+        self.conversation.check()  # the checks every surface shares (conversation.Conversation.check)
         return self
 
+    @cached_property
     def conversation(self) -> Conversation:
         """The request in the neutral form the serving core takes."""
         choice = self.tool_choice

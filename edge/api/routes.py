@@ -88,7 +88,7 @@ async def completions(request: Request, body: CompletionRequest,
 
 @v1.post("/responses")
 async def responses(request: Request, body: ResponsesRequest, layer: ServingLayer = Depends(serving_layer)):
-    conversation = body.conversation()
+    conversation = body.conversation
     return await _answer(request, layer, lambda: layer.prepare(conversation), body.stream,
                          lambda *args: openai_responses.whole(*args, body),
                          lambda *args: openai_responses.stream(*args, body))
@@ -96,14 +96,14 @@ async def responses(request: Request, body: ResponsesRequest, layer: ServingLaye
 
 @v1.post("/messages")
 async def messages(request: Request, body: MessagesRequest, layer: ServingLayer = Depends(serving_layer)):
-    conversation = body.conversation()
+    conversation = body.conversation
     return await _answer(request, layer, lambda: layer.prepare(conversation), body.stream,
                          anthropic_messages.whole, anthropic_messages.stream)
 
 
 @v1.post("/messages/count_tokens")
 async def count_tokens(request: Request, body: CountTokensRequest, layer: ServingLayer = Depends(serving_layer)):
-    counted = await unless_client_leaves(request, asyncio.to_thread(layer.count_tokens, body.conversation()))
+    counted = await unless_client_leaves(request, asyncio.to_thread(layer.count_tokens, body.conversation))
     return counted if isinstance(counted, Response) else {"input_tokens": counted}
 
 

@@ -102,7 +102,7 @@ class ServingLayer:
                             "model", "model_not_found")
 
     def prepare_chat(self, request: ChatCompletionRequest) -> Prepared:
-        return replace(self.prepare(request.conversation()), include_usage=_include_usage(request))
+        return replace(self.prepare(request.conversation), include_usage=_include_usage(request))
 
     def prepare(self, conversation: Conversation) -> Prepared:
         """The engine request for a conversation, whichever surface it came from (blocking: it
