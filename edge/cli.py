@@ -54,6 +54,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         ("--rpc", str, "comma-separated host:port of `edge worker`s to spread the model over (EDGE_RPC)"),
         ("--cpu-kernels", str, "CPU weight kernels: auto (the fastest that survives a probe on this machine), amx, "
                                "repack or plain (EDGE_CPU_KERNELS, default auto)"),
+        ("--speculative", str, "off or ngram: draft tokens from the request's own context and verify them in the "
+                               "batch, for output that repeats its input (EDGE_SPECULATIVE, default off)"),
+        ("--draft-max", int, "most tokens drafted per sequence per step, 1-64 (EDGE_DRAFT_MAX, default 16)"),
         ("--cache-dir", str, "where the CPU kernel probe keeps its verdicts (EDGE_CACHE_DIR, default ~/.cache/edge)"),
     ]
     for flag, kind, help_text in flags:

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.cards import DEFAULT_MODELS_DIR
 from edge.engine.backends import parse_override
+from edge.engine.speculative import DRAFT_MAX_RANGE, SPECULATIVE_MODES, SpeculativeConfig
 from edge.plan.cpu_kernels import default_cache_dir, validate_choice
 
 # Default per-request context when the flag is not given: the model's own, capped, because the
@@ -41,6 +42,8 @@ class Settings(BaseSettings):
     main_gpu: int = Field(0, ge=0)
     tensor_split: str = ""  # e.g. "3,1": share of the model per GPU
     parallel: int = Field(2, ge=1, le=64)
+    speculative: Literal[SPECULATIVE_MODES] = SpeculativeConfig.mode
+    draft_max: int = Field(SpeculativeConfig.draft_max, ge=DRAFT_MAX_RANGE[0], le=DRAFT_MAX_RANGE[1])
     max_queue: int = Field(64, ge=0)  # requests waiting for a slot beyond which new ones get a 429
     queue_timeout: float = Field(600.0, ge=0)  # seconds a request may wait for a slot; 0: no limit
     shutdown_timeout: float = Field(30.0, ge=0)  # seconds running requests get to finish on SIGTERM

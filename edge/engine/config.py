@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import llama_cpp
 
 from edge.engine.jobs import GenerationRequest, RequestInvalid
+from edge.engine.speculative import SpeculativeConfig
 
 _CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 _FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -28,6 +29,7 @@ class EngineConfig:
     cache_type_k: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention)
     cache_type_v: str = "f16"
     flash_attn: str = "auto"  # auto, on or off
+    speculative: SpeculativeConfig = SpeculativeConfig()
 
     def __post_init__(self) -> None:
         if self.ctx_size < 16:

@@ -46,6 +46,10 @@ from edge.engine.step_profile import PUBLISH, SAMPLE, TEXT
 
 log = logging.getLogger("edge.engine")
 
+# What a step samples: the batch index of a token whose logits come first, the sequences that draw
+# from them (two for an n=2 prompt just read), and the drafts decoded after it (one sequence only).
+Reader = tuple[int, list[Sequence], list[int]]
+
 
 class Engine:
     """Owns the llama context and the thread that decodes on it."""
@@ -124,7 +128,7 @@ class Engine:
                                 self._retry_after_locked())
             self._demand += request.n
         try:
-            job = Job(handle, self.model)  # sampler and grammar errors raise here
+            job = Job(handle, self.model, self.config.speculative.enabled)  # sampler and grammar errors raise here
         except ValueError as error:
             self._release_demand(request.n)
             raise error if isinstance(error, RequestInvalid) else RequestInvalid(str(error)) from error
@@ -283,19 +287,27 @@ class Engine:
             self._finish_job(job, "cancelled")
         profile = self.metrics.steps
         profile.start()
-        readers: list[tuple[int, list[Sequence]]] = []
+        readers: list[Reader] = []
         batch = BatchWriter(self._batch, self.config.n_batch)
-        for job in active:
-            if job.prefilled:
-                for seq in job.live:
-                    readers.append((batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True), [seq]))
-                    self._slots.record(seq.slot, seq.last_token)
-                    seq.position += 1
+        decoding = [seq for job in active if job.prefilled for seq in job.live]
+        # Drafts share at most half the batch, and only what the running sequences leave free:
+        # a prompt being read keeps the rest.
+        spare = self.config.n_batch // 2 - len(decoding)
+        for seq in decoding:
+            drafts = self._drafts(seq, spare)
+            spare -= len(drafts)
+            first = batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True)
+            for token in (seq.last_token, *drafts):
+                self._slots.record(seq.slot, token)
+            for offset, token in enumerate(drafts, 1):
+                batch.add(token, seq.position + offset, [seq.slot.seq_id], True)
+            seq.position += 1 + len(drafts)
+            readers.append((first, [seq], drafts))
         for job in active:
             if not job.prefilled and batch.room:
                 last_index = self._add_prompt_chunk(batch, job)
                 if job.prefilled:
-                    readers.append((last_index, job.live))
+                    readers.append((last_index, job.live, []))
         if not batch.count:
             return
         profile.decoding()
@@ -318,18 +330,44 @@ class Engine:
         profile.add(PUBLISH, time.perf_counter() - publish_started)
         profile.commit()
 
-    def _sample(self, readers: list[tuple[int, list[Sequence]]]) -> None:
-        """Draw each sequence's next token from the logits at its batch index, and accept it."""
+    def _drafts(self, seq: Sequence, spare: int) -> list[int]:
+        """The tokens speculated for `seq` this step: none without a drafter, never past max_tokens."""
+        if seq.drafter is None:
+            return []
+        room = min(spare, self.config.speculative.draft_max, seq.job.request.max_tokens - seq.generated - 1)
+        return seq.drafter.draft(room)
+
+    def _sample(self, readers: list[Reader]) -> None:
+        """Draw each sequence's next token from the logits at its batch index, and accept it;
+        then, in order, one more for each draft its sampling agreed with."""
         profile = self.metrics.steps
-        for output_index, sequences in readers:
+        for output_index, sequences, drafts in readers:
             for seq in sequences:
                 if seq.slot is not sequences[0].slot:  # n=2, prompt just read: the second gets a copy
                     self._slots.copy(sequences[0].slot, seq.slot)
-                sampling_started = time.perf_counter()
-                token = seq.sampler.sample(self._ctx, output_index)
-                profile.add(SAMPLE, time.perf_counter() - sampling_started)
-                profile.sampled()
-                self._accept(seq, token, output_index)
+                kept = 0
+                for offset in range(len(drafts) + 1):
+                    sampling_started = time.perf_counter()
+                    token = seq.sampler.sample(self._ctx, output_index + offset)
+                    profile.add(SAMPLE, time.perf_counter() - sampling_started)
+                    profile.sampled()
+                    self._accept(seq, token, output_index + offset)
+                    if seq.done or offset == len(drafts) or token != drafts[offset]:
+                        break
+                    kept += 1
+                if drafts:
+                    self._keep_drafts(seq, drafts, kept)
+
+    def _keep_drafts(self, seq: Sequence, drafts: list[int], kept: int) -> None:
+        """Forget the cells of the drafts after the first `kept`, and count them."""
+        rejected = len(drafts) - kept
+        if rejected:
+            seq.position -= rejected
+            self._slots.truncate(seq.slot, seq.position)
+        seq.job.drafted += len(drafts)
+        seq.job.draft_accepted += kept
+        self.metrics.drafted_tokens.inc(len(drafts))
+        self.metrics.accepted_tokens.inc(kept)
 
     def _add_prompt_chunk(self, batch: BatchWriter, job: Job) -> int:
         """Prompt tokens into the first sequence only (streams cannot share a token)."""
@@ -354,6 +392,8 @@ class Engine:
         seq.generated += 1
         self.metrics.completion_tokens.inc()
         seq.last_token = token
+        if seq.drafter is not None:
+            seq.drafter.extend([token])
         if job.request.logprobs is not None:
             seq.pending_logprobs.append(token_logprob(self._ctx, output_index, self.model.n_vocab, token,
                                                       job.request.logprobs))
@@ -396,6 +436,10 @@ class Engine:
         generated = sum(seq.generated for seq in job.sequences)
         if job.first_token_at is not None and generated > 1 and now > job.first_token_at:
             self.metrics.decode_rate.observe((generated - 1) / (now - job.first_token_at))
+        if job.drafted:
+            self.metrics.acceptance_rate.observe(job.draft_accepted / job.drafted)
+            log.debug("speculation: %d of %d drafted tokens kept (%.0f%%) for %d generated", job.draft_accepted,
+                      job.drafted, 100 * job.draft_accepted / job.drafted, generated)
         self.metrics.busy_slots.set(self._slots.busy)
         with self._lock:
             self._demand -= job.request.n

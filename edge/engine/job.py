@@ -10,6 +10,7 @@ from edge.engine.jobs import GenerationHandle, TokenLogprob
 from edge.engine.llama_model import LlamaModel
 from edge.engine.sampling import SamplerChain
 from edge.engine.slots import Slot
+from edge.engine.speculative import NgramDrafter
 from edge.engine.stops import StopMatcher
 from edge.engine.utf8 import GrammarUtf8Decoder
 
@@ -17,10 +18,11 @@ from edge.engine.utf8 import GrammarUtf8Decoder
 class Sequence:
     """One continuation: its slot, sampler chain, detokenizer and stop matcher."""
 
-    def __init__(self, job: Job, index: int, sampler: SamplerChain) -> None:
+    def __init__(self, job: Job, index: int, sampler: SamplerChain, drafter: NgramDrafter | None) -> None:
         self.job = job
         self.index = index
         self.sampler = sampler
+        self.drafter = drafter  # None: no speculation
         self.slot: Slot | None = None
         self.position = 0
         self.last_token = -1
@@ -40,19 +42,22 @@ class Sequence:
 class Job:
     """A request inside the engine: its prompt cursor, its sequences and its timings."""
 
-    def __init__(self, generation: GenerationHandle, model: LlamaModel) -> None:
+    def __init__(self, generation: GenerationHandle, model: LlamaModel, speculative: bool = False) -> None:
         self.generation = generation
         self.request = generation.request
         self.prompt_read = 0
         self.submitted = time.monotonic()
         self.first_token_at: float | None = None
         self.outcome: str | None = None  # "timeout" or "failed" when set; else decided at the end
+        self.drafted = 0  # speculative tokens decoded for this request, and those its sampling kept
+        self.draft_accepted = 0
         base_seed = self.request.seed if self.request.seed is not None else random.getrandbits(31)
         self.sequences: list[Sequence] = []
         try:
             for index in range(self.request.n):
                 chain = SamplerChain(model, self.request.sampling, base_seed + index, self.request.grammar)
-                self.sequences.append(Sequence(self, index, chain))
+                drafter = NgramDrafter(self.request.prompt_tokens) if speculative else None
+                self.sequences.append(Sequence(self, index, chain, drafter))
         except Exception:
             self.close_samplers()
             raise

@@ -12,6 +12,7 @@ from edge.engine.step_profile import StepProfile
 OUTCOMES = ("completed", "cancelled", "failed", "rejected", "timeout")
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+_SHARE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _RATE_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 
 
@@ -36,6 +37,12 @@ class EngineMetrics:
         self.decode_rate = Histogram("edge_decode_tokens_per_second",
                                      "Per request: tokens after the first / time after the first",
                                      buckets=_RATE_BUCKETS, registry=registry)
+        self.drafted_tokens = Counter("edge_speculative_drafted_tokens", "Tokens drafted and decoded for "
+                                      "verification (--speculative)", registry=registry)
+        self.accepted_tokens = Counter("edge_speculative_accepted_tokens", "Drafted tokens the sampling agreed with",
+                                       registry=registry)
+        self.acceptance_rate = Histogram("edge_speculative_acceptance_rate", "Per request: accepted / drafted tokens",
+                                         buckets=_SHARE_BUCKETS, registry=registry)
         self.steps = StepProfile(registry)
 
     def render(self) -> bytes:

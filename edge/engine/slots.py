@@ -64,9 +64,9 @@ class SlotTable:
         # The last prompt token is always evaluated: its logits give the first sampled token.
         reused = min(common_prefix(primary.tokens, prompt), len(prompt) - 1)
         others = sorted((slot for slot in free if slot is not primary), key=lambda slot: slot.last_used)[: n - 1]
-        self._forget(primary, reused)
+        self.truncate(primary, reused)
         for slot in others:
-            self._forget(slot, 0)
+            self.truncate(slot, 0)
         chosen = [primary, *others]
         for slot in chosen:
             slot.busy = True
@@ -87,12 +87,12 @@ class SlotTable:
         self._clock += 1
         for slot in slots:
             if not keep:
-                self._forget(slot, 0)
+                self.truncate(slot, 0)
             slot.busy = False
             slot.last_used = self._clock
 
-    def _forget(self, slot: Slot, keep: int) -> None:
-        """Drop the slot's cells from position `keep` on."""
+    def truncate(self, slot: Slot, keep: int) -> None:
+        """Drop the slot's cells from position `keep` on (a reused prefix's rest, rejected drafts)."""
         if len(slot.tokens) > keep or keep == 0:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
         del slot.tokens[keep:]
