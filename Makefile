@@ -40,7 +40,7 @@ LLAMA_SERVER_ISA := $(BENCH_CACHE)/llama-server-isa-build/bin/llama-server
 LCP_SERVER   := $(BENCH_CACHE)/lcp-venv/.installed
 BENCH_STAMP  := $(VENV)/.bench-installed
 
-.PHONY: install serve test test-clients clean convert bench-convert bench-rpc bench bench-tools bench-cpu
+.PHONY: install serve test test-clients clean convert bench-convert bench-rpc bench bench-tools bench-cpu bench-spec
 
 # The runtime only: what `edge serve` needs. `make test` adds the test extra (torch, transformers ...).
 install: $(STAMP)
@@ -104,6 +104,11 @@ bench: $(BENCH_STAMP) bench-tools
 $(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -e '.[test,bench]'
 	touch $@
+
+# Speculative decoding (--speculative ngram) against llama-server's ngram-simple, on an edit task and
+# open chat; writes bench/reports/speculative.md.
+bench-spec: $(BENCH_STAMP) $(LLAMA_SERVER)
+	$(BIN)/python bench/spec_bench.py $(ARGS)
 
 # CPU kernel choices (amx / repack / plain / auto) on tiny Q4_0, Q4_1, Q4_K_M, Q8_0 models;
 # writes bench/reports/cpu-kernels.md.

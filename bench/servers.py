@@ -130,14 +130,15 @@ class RunningServer:
     """A server child process; `url` is its base URL, `model` the name requests must use.
     Raises ServerFailed when it dies or never becomes ready."""
 
-    def __init__(self, name: str, settings: Settings, log_dir: Path) -> None:
+    def __init__(self, name: str, settings: Settings, log_dir: Path, extra_args: tuple[str, ...] = (),
+                 log_name: str | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = ""
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{log_name or name}.log"
         self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(_command(name, settings, self.port), stdout=self._log,
+        self.process = subprocess.Popen([*_command(name, settings, self.port), *extra_args], stdout=self._log,
                                         stderr=subprocess.STDOUT)
         self._wait_ready()
 

@@ -128,7 +128,9 @@ class Engine:
                                 self._retry_after_locked())
             self._demand += request.n
         try:
-            job = Job(handle, self.model, self.config.speculative.enabled)  # sampler and grammar errors raise here
+            speculative = self.config.speculative
+            # Sampler and grammar errors raise here.
+            job = Job(handle, self.model, speculative.draft_max if speculative.enabled else None)
         except ValueError as error:
             self._release_demand(request.n)
             raise error if isinstance(error, RequestInvalid) else RequestInvalid(str(error)) from error
@@ -334,8 +336,7 @@ class Engine:
         """The tokens speculated for `seq` this step: none without a drafter, never past max_tokens."""
         if seq.drafter is None:
             return []
-        room = min(spare, self.config.speculative.draft_max, seq.job.request.max_tokens - seq.generated - 1)
-        return seq.drafter.draft(room)
+        return seq.drafter.draft(min(spare, seq.job.request.max_tokens - seq.generated - 1))
 
     def _sample(self, readers: list[Reader]) -> None:
         """Draw each sequence's next token from the logits at its batch index, and accept it;
@@ -360,6 +361,7 @@ class Engine:
 
     def _keep_drafts(self, seq: Sequence, drafts: list[int], kept: int) -> None:
         """Forget the cells of the drafts after the first `kept`, and count them."""
+        seq.drafter.verified(len(drafts), kept)
         rejected = len(drafts) - kept
         if rejected:
             seq.position -= rejected

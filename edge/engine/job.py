@@ -42,7 +42,7 @@ class Sequence:
 class Job:
     """A request inside the engine: its prompt cursor, its sequences and its timings."""
 
-    def __init__(self, generation: GenerationHandle, model: LlamaModel, speculative: bool = False) -> None:
+    def __init__(self, generation: GenerationHandle, model: LlamaModel, draft_max: int | None = None) -> None:
         self.generation = generation
         self.request = generation.request
         self.prompt_read = 0
@@ -56,7 +56,7 @@ class Job:
         try:
             for index in range(self.request.n):
                 chain = SamplerChain(model, self.request.sampling, base_seed + index, self.request.grammar)
-                drafter = NgramDrafter(self.request.prompt_tokens) if speculative else None
+                drafter = NgramDrafter(self.request.prompt_tokens, draft_max) if draft_max else None
                 self.sequences.append(Sequence(self, index, chain, drafter))
         except Exception:
             self.close_samplers()

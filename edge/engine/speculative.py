@@ -41,9 +41,17 @@ class SpeculativeConfig:
 
 
 class NgramDrafter:
-    """Prompt lookup over one sequence's tokens: `extend` as tokens are accepted, `draft` before a step."""
+    """Prompt lookup over one sequence's tokens: `extend` as tokens are accepted, `draft` before a
+    step, `verified` after it.
 
-    def __init__(self, tokens: list[int]) -> None:
+    How many tokens it drafts adapts to how well it has been guessing: after a step that kept `k`
+    of the drafts and rejected the rest, the next draft has at most k + 1 tokens; after a step that
+    kept them all, twice as many, up to `draft_max`. Each rejected draft costs a decoded token, so
+    where the context does not predict the answer (open chat) little is wasted.
+    """
+
+    def __init__(self, tokens: list[int], draft_max: int = SpeculativeConfig.draft_max) -> None:
+        self._draft_max = self._cap = draft_max
         self._tokens: list[int] = []
         # For each lookup length: an n-gram -> the position just after its latest occurrence
         # that is followed by at least one token (so a match always has something to propose).
@@ -61,6 +69,7 @@ class NgramDrafter:
     def draft(self, limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the longest
         matching suffix; empty when nothing matches."""
+        limit = min(limit, self._cap)
         if limit < 1:
             return []
         tokens = self._tokens
@@ -71,3 +80,7 @@ class NgramDrafter:
             if start is not None:
                 return tokens[start:start + limit]
         return []
+
+    def verified(self, drafted: int, kept: int) -> None:
+        """The last draft's outcome: `kept` of its `drafted` tokens agreed with the sampling."""
+        self._cap = min(self._draft_max, 2 * self._cap) if kept == drafted else kept + 1

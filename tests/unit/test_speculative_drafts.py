@@ -38,3 +38,14 @@ def test_bad_speculative_settings_are_refused(mode: str, draft_max: int) -> None
 
 def test_speculation_is_off_by_default() -> None:
     assert not SpeculativeConfig().enabled and Settings().speculative == "off"
+
+
+def test_the_draft_length_follows_how_well_drafts_were_kept() -> None:
+    drafter = NgramDrafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2], draft_max=8)
+    assert len(drafter.draft(20)) == 8  # capped by draft_max
+    drafter.verified(8, 1)  # one kept, the rest rejected: next time at most 2
+    assert drafter.draft(20) == [3, 4]
+    drafter.verified(2, 2)  # all kept: twice as many
+    assert drafter.draft(20) == [3, 4, 5, 6]
+    drafter.verified(4, 0)
+    assert drafter.draft(20) == [3]

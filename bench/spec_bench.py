@@ -1,0 +1,173 @@
+"""Speculative decoding: decode tokens/s with and without it, edge against llama-server.
+
+Two tasks on the embedded model (or --gguf): an edit task, a raw completion whose prompt is a
+text given twice, which the model then reproduces (what an edit of a long document or a rename in
+code asks of a model: most of the answer is already in the prompt), and open chat, where drafts
+rarely match. Each runs at 1 and at 4 clients; every server reads each prompt once before the
+timed requests, so both have it cached and the figure is the decode. Figures are medians over
+--rounds interleaved rounds; each server's acceptance rate is kept / drafted tokens (edge from
+/metrics, llama-server from its response timings). Writes bench/reports/speculative.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from servers import LLAMA_SERVER, RunningServer, Settings
+from report import _machine
+
+from edge.cards import DEFAULT_MODELS_DIR, resolve_model
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+CLIENTS = (1, 4)
+# name -> (server program, extra flags): each speculative variant beside its baseline
+VARIANTS = {
+    "edge": ("edge", ()),
+    "edge ngram": ("edge", ("--speculative", "ngram")),
+    "llama-server": ("llama-server", ()),
+    "llama-server ngram-simple": ("llama-server", ("--spec-type", "ngram-simple")),
+}
+BASELINE = {"edge ngram": "edge", "llama-server ngram-simple": "llama-server"}
+TEXTS = [
+    "The committee met on a grey Tuesday to review the harbour plan. The engineers proposed a longer "
+    "breakwater, two new cranes and a rail spur to the northern quay, and the treasurer read out the "
+    "costs line by line. After a long debate the members agreed to fund the cranes first, to ask the "
+    "port authority for a second survey of the seabed, and to meet again in the spring.",
+    "def load_orders(path):\n    orders = []\n    with open(path) as handle:\n        for line in handle:\n"
+    "            order_id, customer, amount = line.strip().split(',')\n            orders.append({'id': "
+    "order_id, 'customer': customer, 'amount': float(amount)})\n    return orders\n\n\ndef total(orders):\n"
+    "    return sum(order['amount'] for order in orders)\n",
+    '{"name": "Ada", "role": "engineer", "team": "storage", "projects": ["cache", "replication", '
+    '"backup"], "office": "Lisbon", "languages": ["Portuguese", "English"], "start": "2021-04-01", '
+    '"manager": "Grace", "level": 4, "remote": false}',
+    "Once upon a time a lighthouse keeper kept a journal of every ship that passed. Each night he wrote "
+    "the ship's name, its flag, the hour and the weather, and each morning he read the last page aloud "
+    "to his cat, who listened without a word and then went back to sleep by the stove.",
+]
+TOPICS = ["a lighthouse", "a chess club", "a desert train", "a mountain bakery"]
+
+
+def edit_prompt(index: int) -> dict:
+    text = TEXTS[index % len(TEXTS)]
+    return {"route": "completions", "body": {"prompt": f"{text}\n\n{text}\n\n"}}
+
+
+def chat_prompt(index: int) -> dict:
+    topic = TOPICS[index % len(TOPICS)]
+    return {"route": "chat/completions",
+            "body": {"messages": [{"role": "user", "content": f"Write a short story about {topic}."}]}}
+
+
+TASKS = {"edit": edit_prompt, "open chat": chat_prompt}
+
+
+def request(server: RunningServer, prompt: dict, max_tokens: int) -> dict:
+    body = {"model": server.model, **prompt["body"], "max_tokens": max_tokens, "temperature": 0}
+    started = time.perf_counter()
+    response = httpx.post(f"{server.url}/v1/{prompt['route']}", json=body, timeout=900)
+    response.raise_for_status()
+    reply = response.json()
+    timings = reply.get("timings") or {}
+    return {"seconds": time.perf_counter() - started, "tokens": reply["usage"]["completion_tokens"],
+            "drafted": timings.get("draft_n", 0), "accepted": timings.get("draft_n_accepted", 0)}
+
+
+def edge_drafts(server: RunningServer) -> tuple[float, float]:
+    values = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("edge_speculative_drafted_tokens_total", "edge_speculative_accepted_tokens_total"):
+            values[name] = float(value)
+    return values.get("edge_speculative_drafted_tokens_total", 0.0), values.get("edge_speculative_accepted_tokens_total", 0.0)
+
+
+def measure(server: RunningServer, task: str, clients: int, max_tokens: int) -> dict:
+    """Aggregate decode tokens/s of `clients` concurrent requests, each prompt read once before."""
+    prompts = [TASKS[task](index) for index in range(clients)]
+    for prompt in prompts:
+        request(server, prompt, 1)  # the prompt into the cache
+    before = edge_drafts(server) if server.name == "edge" else (0.0, 0.0)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        replies = list(pool.map(lambda prompt: request(server, prompt, max_tokens), prompts))
+    seconds = time.perf_counter() - started
+    if server.name == "edge":
+        after = edge_drafts(server)
+        drafted, accepted = after[0] - before[0], after[1] - before[1]
+    else:
+        drafted, accepted = sum(r["drafted"] for r in replies), sum(r["accepted"] for r in replies)
+    tokens = sum(r["tokens"] for r in replies)
+    return {"tps": tokens / seconds, "tokens": tokens, "acceptance": accepted / drafted if drafted else None}
+
+
+def run(variants: list[str], settings: Settings, rounds: int, max_tokens: int, logs: Path) -> dict:
+    results: dict = {name: {} for name in variants}
+    for round_index in range(rounds):
+        for name in variants:  # interleaved: each round runs every variant once
+            program, extra = VARIANTS[name]
+            server = RunningServer(program, settings, logs, extra, log_name=f"spec-{name.replace(' ', '-')}")
+            try:
+                for task in TASKS:
+                    for clients in CLIENTS:
+                        figure = measure(server, task, clients, max_tokens)
+                        results[name].setdefault(f"{task}|{clients}", []).append(figure)
+                        print(f"round {round_index + 1} {name} {task} x{clients}: {figure['tps']:.1f} tok/s, "
+                              f"acceptance {figure['acceptance']}", file=sys.stderr, flush=True)
+            finally:
+                server.stop()
+    return results
+
+
+def _median(figures: list[dict], key: str) -> float | None:
+    values = [f[key] for f in figures if f[key] is not None]
+    return statistics.median(values) if values else None
+
+
+def write_report(path: Path, results: dict, settings: Settings, rounds: int, max_tokens: int) -> None:
+    lines = ["# Speculative decoding", "",
+             f"Machine: {_machine()}. Model: {settings.gguf.name}, {settings.parallel} slots, {settings.threads} threads, "
+             f"{max_tokens} tokens per request, temperature 0; medians of {rounds} interleaved rounds. "
+             "Decode tokens/s is the aggregate over the clients, prompts already cached. `make bench-spec` wrote this.",
+             "", "| task | clients | server | tokens/s | speedup vs its baseline | acceptance |", "|---|---|---|---|---|---|"]
+    for task in TASKS:
+        for clients in CLIENTS:
+            key = f"{task}|{clients}"
+            for name, by_key in results.items():
+                tps = _median(by_key[key], "tps")
+                base = BASELINE.get(name)
+                speedup = f"{tps / _median(results[base][key], 'tps'):.2f}x" if base in results else ""
+                acceptance = _median(by_key[key], "acceptance")
+                rate = f"{acceptance:.0%}" if acceptance is not None else ""
+                lines.append(f"| {task} | {clients} | {name} | {tps:.1f} | {speedup} | {rate} |")
+    lines += ["", "A draft model (`--draft-model`) is not implemented yet: no row for it."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gguf", type=Path, default=None, help="model file (default: the embedded model)")
+    parser.add_argument("--reports", type=Path, default=REPORTS)
+    args = parser.parse_args()
+    gguf = args.gguf or resolve_model(None, DEFAULT_MODELS_DIR)[0]
+    settings = Settings(gguf, max(CLIENTS), 2048, args.threads)
+    variants = [name for name, (program, _) in VARIANTS.items() if program == "edge" or LLAMA_SERVER.exists()]
+    if len(variants) < len(VARIANTS):
+        print("llama-server is not built (make bench-tools): edge only", file=sys.stderr)
+    args.reports.mkdir(parents=True, exist_ok=True)
+    results = run(variants, settings, args.rounds, args.max_tokens, args.reports)
+    write_report(args.reports / "speculative.md", results, settings, args.rounds, args.max_tokens)
+    print(f"wrote {args.reports / 'speculative.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
