@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import llama_cpp
+
+from edge.engine.llama_model import ModelLoadError
+
+log = logging.getLogger("edge.engine")
+SELF_TEST_TOKENS = 64
 
 
 class BatchWriter:
@@ -47,3 +55,19 @@ def decode_prompt(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch, 
     for offset, token in enumerate(tokens):
         writer.add(token, start + offset, [seq_id], offset == len(tokens) - 1)
     return llama_cpp.llama_decode(ctx, batch)
+
+
+def self_test(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch, capacity: int, vocab_size: int) -> None:
+    """Decode one batch of up to SELF_TEST_TOKENS through the loaded kernels, then forget it;
+    ModelLoadError if llama.cpp cannot.
+
+    Batched matrix products take other kernels than one-token steps (where AMX kernels fault,
+    only the batched ones do), so a broken path shows at start, not at a user's first prompt.
+    """
+    started = time.monotonic()
+    count = min(SELF_TEST_TOKENS, capacity)
+    status = decode_prompt(ctx, batch, capacity, filler_tokens(vocab_size, count))
+    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, -1, -1)
+    if status != 0:
+        raise ModelLoadError(f"start-up self-test: llama.cpp could not decode a {count}-token batch (status {status})")
+    log.info("start-up self-test: a %d-token batch decoded in %.0f ms", count, (time.monotonic() - started) * 1000)

@@ -30,7 +30,7 @@ from concurrent.futures import Future
 
 import llama_cpp
 
-from edge.engine.batch import BatchWriter, decode_prompt, filler_tokens
+from edge.engine.batch import BatchWriter, self_test
 from edge.engine.config import EngineConfig, check_fits, context_params
 from edge.engine.job import Job, Sequence
 from edge.engine.jobs import (
@@ -86,22 +86,10 @@ class Engine:
         self._thread.start()
         self._self_tested.result()  # its failure, raised here: the engine never starts
 
-    SELF_TEST_TOKENS = 64
-
     def _self_test(self) -> None:
-        """Decode one batch of SELF_TEST_TOKENS through the loaded kernels before serving anything.
-
-        Batched matrix products take other kernels than one-token steps (where AMX kernels fault,
-        only the batched ones do), so a broken path shows here, at start, not at a user's first prompt.
-        """
-        started = time.monotonic()
-        count = min(self.SELF_TEST_TOKENS, self.config.n_batch, self.config.ctx_size)
-        tokens = filler_tokens(llama_cpp.llama_vocab_n_tokens(self.model.vocab), count)
-        status = decode_prompt(self._ctx, self._batch, self.config.n_batch, tokens)
-        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), 0, -1, -1)
-        if status != 0:
-            raise ModelLoadError(f"start-up self-test: llama.cpp could not decode a {count}-token batch (status {status})")
-        log.info("start-up self-test: a %d-token batch decoded in %.0f ms", count, (time.monotonic() - started) * 1000)
+        """Decode one batch through the loaded kernels before serving anything (batch.self_test)."""
+        self_test(self._ctx, self._batch, min(self.config.n_batch, self.config.ctx_size),
+                  llama_cpp.llama_vocab_n_tokens(self.model.vocab))
 
     @property
     def ready(self) -> bool:
@@ -289,22 +277,8 @@ class Engine:
             self._finish_job(job, "cancelled")
         profile = self.metrics.steps
         profile.start()
-        readers: list[Reader] = []
         batch = BatchWriter(self._batch, self.config.n_batch)
-        decoding = [seq for job in active if job.prefilled for seq in job.live]
-        # Drafts share at most half the batch, and only what the running sequences leave free:
-        # a prompt being read keeps the rest.
-        spare = self.config.n_batch // 2 - len(decoding)
-        for seq in decoding:
-            drafts = self._drafts(seq, spare)
-            spare -= len(drafts)
-            first = batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True)
-            for token in (seq.last_token, *drafts):
-                self._slots.record(seq.slot, token)
-            for offset, token in enumerate(drafts, 1):
-                batch.add(token, seq.position + offset, [seq.slot.seq_id], True)
-            seq.position += 1 + len(drafts)
-            readers.append((first, [seq], drafts))
+        readers = self._add_next_tokens(batch, [seq for job in active if job.prefilled for seq in job.live])
         for job in active:
             if not job.prefilled and batch.room:
                 last_index = self._add_prompt_chunk(batch, job)
@@ -331,6 +305,24 @@ class Engine:
         self._outbox.flush()
         profile.add(PUBLISH, time.perf_counter() - publish_started)
         profile.commit()
+
+    def _add_next_tokens(self, batch: BatchWriter, decoding: list[Sequence]) -> list[Reader]:
+        """Each running sequence's next token into the batch, and after it any drafts for it."""
+        readers: list[Reader] = []
+        # Drafts share at most half the batch, and only what the running sequences leave free:
+        # a prompt being read keeps the rest.
+        spare = self.config.n_batch // 2 - len(decoding)
+        for seq in decoding:
+            drafts = self._drafts(seq, spare)
+            spare -= len(drafts)
+            first = batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True)
+            for offset, token in enumerate(drafts, 1):
+                batch.add(token, seq.position + offset, [seq.slot.seq_id], True)
+            for token in (seq.last_token, *drafts):
+                self._slots.record(seq.slot, token)
+            seq.position += 1 + len(drafts)
+            readers.append((first, [seq], drafts))
+        return readers
 
     def _drafts(self, seq: Sequence, spare: int) -> list[int]:
         """The tokens speculated for `seq` this step: none without a drafter, never past max_tokens."""
