@@ -6,7 +6,7 @@ import os
 # before it sleeps. While other processes want the CPUs too (a build, a second server), a spinning
 # thread holds its core while the thread it waits for is not running, and every node waits a whole
 # scheduler slice. Measured on a 2-core AMD EPYC, SmolLM2 Q4_1, one sequence, one busy-loop process
-# per core: 68-146 ms per token at the default or at 100,000; 21-25 ms at 5,000-20,000; 10-13 ms on
+# per core: 68-146 ms per token at the default or at 100,000; 21-27 ms at 5,000-20,000; 10-13 ms on
 # an idle machine at every count. libgomp reads this once, when it loads, so it is set before
 # llama_cpp is imported; a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
