@@ -135,7 +135,7 @@ def _ratio(results: dict, failures: dict[str, Failure], other: str, pick) -> str
     return f"{pick(results['edge']) / theirs:.2f}x" if theirs else "n/a"
 
 
-def _machine() -> str:
+def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -164,7 +164,7 @@ def _header(settings, load: dict, context: RunContext, matched: tuple[str, ...],
     return [
         "# Serving benchmark", "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` (bench/serve_bench.py).", "",
-        f"- Machine: {_machine()}.",
+        f"- Machine: {machine()}.",
         f"- Load average (1/5/15 min) before: {load['before']}, after: {load['after']}. This machine is "
         "shared with other engineers' builds and test runs: absolute figures are noisy, ratios measured "
         "minutes apart on the same machine less so.",

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 from servers import LLAMA_SERVER, RunningServer, Settings
-from report import _machine
+from report import machine
+from step_profile import samples
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
 
@@ -79,12 +80,10 @@ def request(server: RunningServer, prompt: dict, max_tokens: int) -> dict:
 
 
 def edge_drafts(server: RunningServer) -> tuple[float, float]:
-    values = {}
-    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("edge_speculative_drafted_tokens_total", "edge_speculative_accepted_tokens_total"):
-            values[name] = float(value)
-    return values.get("edge_speculative_drafted_tokens_total", 0.0), values.get("edge_speculative_accepted_tokens_total", 0.0)
+    """edge's drafted and kept token counters now."""
+    values = {sample.name: sample.value for sample in samples(server.url)}
+    return (values.get("edge_speculative_drafted_tokens_total", 0.0),
+            values.get("edge_speculative_accepted_tokens_total", 0.0))
 
 
 def measure(server: RunningServer, task: str, clients: int, max_tokens: int) -> dict:
@@ -131,7 +130,7 @@ def _median(figures: list[dict], key: str) -> float | None:
 
 def write_report(path: Path, results: dict, settings: Settings, rounds: int, max_tokens: int) -> None:
     lines = ["# Speculative decoding", "",
-             f"Machine: {_machine()}. Model: {settings.gguf.name}, {settings.parallel} slots, {settings.threads} threads, "
+             f"Machine: {machine()}. Model: {settings.gguf.name}, {settings.parallel} slots, {settings.threads} threads, "
              f"{max_tokens} tokens per request, temperature 0; medians of {rounds} interleaved rounds. "
              "Decode tokens/s is the aggregate over the clients, prompts already cached. `make bench-spec` wrote this.",
              "", "| task | clients | server | tokens/s | speedup vs its baseline | acceptance |", "|---|---|---|---|---|---|"]

@@ -116,9 +116,7 @@ class Engine:
                                 self._retry_after_locked())
             self._demand += request.n
         try:
-            speculative = self.config.speculative
-            # Sampler and grammar errors raise here.
-            job = Job(handle, self.model, speculative.draft_max if speculative.enabled else None)
+            job = Job(handle, self.model, self.config.speculative)  # sampler and grammar errors raise here
         except ValueError as error:
             self._release_demand(request.n)
             raise error if isinstance(error, RequestInvalid) else RequestInvalid(str(error)) from error
@@ -338,12 +336,12 @@ class Engine:
             for seq in sequences:
                 if seq.slot is not sequences[0].slot:  # n=2, prompt just read: the second gets a copy
                     self._slots.copy(sequences[0].slot, seq.slot)
+                profile.sampled()  # once per sequence, however many of its drafts it verifies
                 kept = 0
                 for offset in range(len(drafts) + 1):
                     sampling_started = time.perf_counter()
                     token = seq.sampler.sample(self._ctx, output_index + offset)
                     profile.add(SAMPLE, time.perf_counter() - sampling_started)
-                    profile.sampled()
                     self._accept(seq, token, output_index + offset)
                     if seq.done or offset == len(drafts) or token != drafts[offset]:
                         break

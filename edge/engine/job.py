@@ -10,7 +10,7 @@ from edge.engine.jobs import GenerationHandle, TokenLogprob
 from edge.engine.llama_model import LlamaModel
 from edge.engine.sampling import SamplerChain
 from edge.engine.slots import Slot
-from edge.engine.speculative import NgramDrafter
+from edge.engine.speculative import NgramDrafter, SpeculativeConfig
 from edge.engine.stops import StopMatcher
 from edge.engine.utf8 import GrammarUtf8Decoder
 
@@ -42,7 +42,8 @@ class Sequence:
 class Job:
     """A request inside the engine: its prompt cursor, its sequences and its timings."""
 
-    def __init__(self, generation: GenerationHandle, model: LlamaModel, draft_max: int | None = None) -> None:
+    def __init__(self, generation: GenerationHandle, model: LlamaModel,
+                 speculative: SpeculativeConfig = SpeculativeConfig()) -> None:
         self.generation = generation
         self.request = generation.request
         self.prompt_read = 0
@@ -56,7 +57,7 @@ class Job:
         try:
             for index in range(self.request.n):
                 chain = SamplerChain(model, self.request.sampling, base_seed + index, self.request.grammar)
-                drafter = NgramDrafter(self.request.prompt_tokens, draft_max) if draft_max else None
+                drafter = NgramDrafter(self.request.prompt_tokens, speculative.draft_max) if speculative.enabled else None
                 self.sequences.append(Sequence(self, index, chain, drafter))
         except Exception:
             self.close_samplers()
