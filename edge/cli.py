@@ -54,9 +54,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         ("--rpc", str, "comma-separated host:port of `edge worker`s to spread the model over (EDGE_RPC)"),
         ("--cpu-kernels", str, "CPU weight kernels: auto (the fastest that survives a probe on this machine), amx, "
                                "repack or plain (EDGE_CPU_KERNELS, default auto)"),
-        ("--speculative", str, "off or ngram: draft tokens from the request's own context and verify them in the "
-                               "batch, for output that repeats its input (EDGE_SPECULATIVE, default off)"),
+        ("--speculative", str, "off, ngram (draft tokens from the request's own context, for output that repeats "
+                               "its input) or draft (a draft model's tokens); drafts are verified in the batch "
+                               "(EDGE_SPECULATIVE, default off, or draft with --draft-model)"),
+        ("--draft-model", str, "a small GGUF with the served model's vocabulary that drafts for it "
+                               "(EDGE_DRAFT_MODEL; implies --speculative draft)"),
         ("--draft-max", int, "most tokens drafted per sequence per step, 1-64 (EDGE_DRAFT_MAX, default 16)"),
+        ("--draft-policy", str, "auto (draft only what this machine's measured step costs say pays) or always "
+                                "(EDGE_DRAFT_POLICY, default auto)"),
         ("--cache-dir", str, "where the CPU kernel probe keeps its verdicts (EDGE_CACHE_DIR, default ~/.cache/edge)"),
     ]
     for flag, kind, help_text in flags:
@@ -153,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     from edge.served import ServedModel
 
     settings = Settings(**_given(args, tuple(vars(args))))
+    settings.speculative_config  # noqa: B018 - a contradictory --speculative is refused before any loading
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine_died = threading.Event()
     served = ServedModel.load(settings, on_engine_death=lambda _: engine_died.set())

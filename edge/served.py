@@ -13,7 +13,6 @@ from edge.engine.config import EngineConfig
 from edge.engine.engine import Engine
 from edge.engine.llama_model import LlamaModel
 from edge.engine.supervised import ChildSpec, SupervisedEngine
-from edge.engine.speculative import SpeculativeConfig
 from edge.plan.cpu_kernels import KernelChoice
 from edge.plan.placement import cpu_kernels, load_options
 from edge.settings import DEFAULT_CTX_CAP, Settings
@@ -60,7 +59,7 @@ class ServedModel:
                               cache_type_k=settings.cache_type, cache_type_v=settings.cache_type,
                               flash_attn=settings.flash_attn, max_queue=settings.max_queue,
                               queue_timeout=settings.queue_timeout or None,
-                              speculative=SpeculativeConfig(settings.speculative, settings.draft_max))
+                              speculative=settings.speculative_config)
         if endpoints:
             # All layers go to the workers unless told otherwise: that is the point of --rpc.
             remote_options = replace(options, n_gpu_layers=options.n_gpu_layers or -1)

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.cards import DEFAULT_MODELS_DIR
 from edge.engine.backends import parse_override
-from edge.engine.speculative import DRAFT_MAX_RANGE, SPECULATIVE_MODES, SpeculativeConfig
+from edge.engine.speculative import DRAFT_MAX_RANGE, DRAFT_POLICIES, SPECULATIVE_MODES, SpeculativeConfig
 from edge.plan.cpu_kernels import default_cache_dir, validate_choice
 
 # Default per-request context when the flag is not given: the model's own, capped, because the
@@ -42,8 +42,10 @@ class Settings(BaseSettings):
     main_gpu: int = Field(0, ge=0)
     tensor_split: str = ""  # e.g. "3,1": share of the model per GPU
     parallel: int = Field(2, ge=1, le=64)
-    speculative: Literal[SPECULATIVE_MODES] = SpeculativeConfig.mode
+    speculative: Literal[SPECULATIVE_MODES] | None = None  # None: draft if a draft model is given, else off
     draft_max: int = Field(SpeculativeConfig.draft_max, ge=DRAFT_MAX_RANGE[0], le=DRAFT_MAX_RANGE[1])
+    draft_model: Path | None = None
+    draft_policy: Literal[DRAFT_POLICIES] = SpeculativeConfig.policy
     max_queue: int = Field(64, ge=0)  # requests waiting for a slot beyond which new ones get a 429
     queue_timeout: float = Field(600.0, ge=0)  # seconds a request may wait for a slot; 0: no limit
     shutdown_timeout: float = Field(30.0, ge=0)  # seconds running requests get to finish on SIGTERM
@@ -78,6 +80,12 @@ class Settings(BaseSettings):
         if self.cpu_kernels not in ("auto", "plain"):
             raise ValueError(f"--no-repack means --cpu-kernels plain; it contradicts --cpu-kernels {self.cpu_kernels}")
         return "plain"
+
+    @property
+    def speculative_config(self) -> SpeculativeConfig:
+        """--speculative and its companions; a draft model alone means --speculative draft."""
+        mode = self.speculative or ("draft" if self.draft_model else SpeculativeConfig.mode)
+        return SpeculativeConfig(mode, self.draft_max, self.draft_model, self.draft_policy)
 
     @property
     def override_rules(self) -> list[tuple[str, str]]:

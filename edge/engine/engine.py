@@ -42,6 +42,7 @@ from edge.engine.logprobs import token_logprob
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
 from edge.engine.slots import SlotTable
+from edge.engine.speculator import Speculator
 from edge.engine.step_profile import PUBLISH, SAMPLE, TEXT
 
 log = logging.getLogger("edge.engine")
@@ -66,6 +67,12 @@ class Engine:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._slots = SlotTable(llama_cpp.llama_get_memory(self._ctx), config.parallel)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, config.parallel)
+        self._speculator: Speculator | None = None
+        try:
+            self._speculator = Speculator.start(config, model, self.metrics)  # None: no speculation
+        except BaseException:
+            self._free_context()
+            raise
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._outbox = Outbox()  # events wait here for the end of the step (engine thread only)
         # Slots asked for by requests not yet finished (the event loop adds, the engine thread
@@ -90,6 +97,8 @@ class Engine:
         """Decode one batch through the loaded kernels before serving anything (batch.self_test)."""
         self_test(self._ctx, self._batch, min(self.config.n_batch, self.config.ctx_size),
                   llama_cpp.llama_vocab_n_tokens(self.model.vocab))
+        if self._speculator is not None:
+            self._speculator.self_test()
 
     @property
     def ready(self) -> bool:
@@ -158,10 +167,15 @@ class Engine:
             if self._thread.is_alive():
                 self._inbox.put(None)
                 self._thread.join()
-            if self._ctx:
-                llama_cpp.llama_batch_free(self._batch)
-                llama_cpp.llama_free(self._ctx)
-                self._ctx = None
+            self._free_context()
+
+    def _free_context(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+            if self._speculator is not None:
+                self._speculator.close()
 
     # --- engine thread -------------------------------------------------------------------
 
@@ -277,6 +291,7 @@ class Engine:
         profile.start()
         batch = BatchWriter(self._batch, self.config.n_batch)
         readers = self._add_next_tokens(batch, [seq for job in active if job.prefilled for seq in job.live])
+        decoding_only = batch.count
         for job in active:
             if not job.prefilled and batch.room:
                 last_index = self._add_prompt_chunk(batch, job)
@@ -285,8 +300,11 @@ class Engine:
         if not batch.count:
             return
         profile.decoding()
+        decode_started = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         profile.decoded()
+        if self._speculator is not None and batch.count == decoding_only:
+            self._speculator.observe(batch.count, time.perf_counter() - decode_started)
         if status != 0:
             log.error("llama_decode failed with status %d", status)
             for job in list(active):
@@ -310,9 +328,8 @@ class Engine:
         # Drafts share at most half the batch, and only what the running sequences leave free:
         # a prompt being read keeps the rest.
         spare = self.config.n_batch // 2 - len(decoding)
-        for seq in decoding:
-            drafts = self._drafts(seq, spare)
-            spare -= len(drafts)
+        proposed = self._speculator.propose(decoding, spare) if self._speculator and decoding else [[]] * len(decoding)
+        for seq, drafts in zip(decoding, proposed):
             first = batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True)
             for offset, token in enumerate(drafts, 1):
                 batch.add(token, seq.position + offset, [seq.slot.seq_id], True)
@@ -321,12 +338,6 @@ class Engine:
             seq.position += 1 + len(drafts)
             readers.append((first, [seq], drafts))
         return readers
-
-    def _drafts(self, seq: Sequence, spare: int) -> list[int]:
-        """The tokens speculated for `seq` this step: none without a drafter, never past max_tokens."""
-        if seq.drafter is None:
-            return []
-        return seq.drafter.draft(min(spare, seq.job.request.max_tokens - seq.generated - 1))
 
     def _sample(self, readers: list[Reader]) -> None:
         """Draw each sequence's next token from the logits at its batch index, and accept it;
@@ -351,15 +362,11 @@ class Engine:
 
     def _keep_drafts(self, seq: Sequence, drafts: list[int], kept: int) -> None:
         """Forget the cells of the drafts after the first `kept`, and count them."""
-        seq.drafter.verified(len(drafts), kept)
+        self._speculator.verified(seq, len(drafts), kept)
         rejected = len(drafts) - kept
         if rejected:
             seq.position -= rejected
             self._slots.truncate(seq.slot, seq.position)
-        seq.job.drafted += len(drafts)
-        seq.job.draft_accepted += kept
-        self.metrics.drafted_tokens.inc(len(drafts))
-        self.metrics.accepted_tokens.inc(kept)
 
     def _add_prompt_chunk(self, batch: BatchWriter, job: Job) -> int:
         """Prompt tokens into the first sequence only (streams cannot share a token)."""
@@ -384,8 +391,8 @@ class Engine:
         seq.generated += 1
         self.metrics.completion_tokens.inc()
         seq.last_token = token
-        if seq.drafter is not None:
-            seq.drafter.extend([token])
+        if seq.drafts is not None:
+            seq.drafts.accepted(token)
         if job.request.logprobs is not None:
             seq.pending_logprobs.append(token_logprob(self._ctx, output_index, self.model.n_vocab, token,
                                                       job.request.logprobs))

@@ -10,7 +10,7 @@ from edge.engine.jobs import GenerationHandle, TokenLogprob
 from edge.engine.llama_model import LlamaModel
 from edge.engine.sampling import SamplerChain
 from edge.engine.slots import Slot
-from edge.engine.speculative import NgramDrafter, SpeculativeConfig
+from edge.engine.speculative import SequenceDrafts, SpeculativeConfig
 from edge.engine.stops import StopMatcher
 from edge.engine.utf8 import GrammarUtf8Decoder
 
@@ -18,11 +18,11 @@ from edge.engine.utf8 import GrammarUtf8Decoder
 class Sequence:
     """One continuation: its slot, sampler chain, detokenizer and stop matcher."""
 
-    def __init__(self, job: Job, index: int, sampler: SamplerChain, drafter: NgramDrafter | None) -> None:
+    def __init__(self, job: Job, index: int, sampler: SamplerChain, drafts: SequenceDrafts | None) -> None:
         self.job = job
         self.index = index
         self.sampler = sampler
-        self.drafter = drafter  # None: no speculation
+        self.drafts = drafts  # None: no speculation
         self.slot: Slot | None = None
         self.position = 0
         self.last_token = -1
@@ -57,8 +57,7 @@ class Job:
         try:
             for index in range(self.request.n):
                 chain = SamplerChain(model, self.request.sampling, base_seed + index, self.request.grammar)
-                drafter = NgramDrafter(self.request.prompt_tokens, speculative.draft_max) if speculative.enabled else None
-                self.sequences.append(Sequence(self, index, chain, drafter))
+                self.sequences.append(Sequence(self, index, chain, speculative.sequence_drafts(self.request.prompt_tokens)))
         except Exception:
             self.close_samplers()
             raise

@@ -80,6 +80,7 @@ class LlamaModel:
         # The arrays are read by llama.cpp during the load only, but are kept with the model anyway.
         self._load_arrays = self._apply(params, options)
         self.path = path
+        self.options = options
         # The first file of a split GGUF (name-00001-of-0000N.gguf) makes llama.cpp load the rest.
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:

@@ -34,13 +34,18 @@ class Claim:
 
 
 def common_prefix(left: list[int], right: list[int]) -> int:
-    """How many leading tokens the two lists share."""
-    length = 0
-    for a, b in zip(left, right):
-        if a != b:
-            break
-        length += 1
-    return length
+    """How many leading tokens the two lists share. A bisection over slice comparisons: they run in
+    C, where a loop over an 8k-token context in Python would cost a step's worth of time."""
+    low, high = 0, min(len(left), len(right))  # left[:low] == right[:low]; past high they cannot agree
+    if left[:high] == right[:high]:
+        return high
+    while high - low > 1:  # invariant: the first difference lies in [low, high)
+        middle = (low + high) // 2
+        if left[low:middle] == right[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 class SlotTable:

@@ -1,57 +1,71 @@
-"""Drafts for speculative decoding, from the sequence's own context (prompt lookup).
+"""Speculative decoding: what a sequence drafts, how many drafts a step affords, and the settings.
 
-A sequence's next tokens often repeat something already in its context: an edit reproduces most
-of the text it was given, code repeats its names, a JSON answer its keys. The drafter finds the
-latest earlier place where the context's last `n` tokens occurred (longest n first) and proposes
-the tokens that followed there. The engine decodes the drafts together with the sequence's next
+A sequence's next tokens can often be guessed cheaply: an edit reproduces most of the text it was
+given (prompt lookup, NgramDrafter), or a small model of the same vocabulary predicts them
+(edge/engine/draft_model.py). The engine decodes the drafts together with the sequence's next
 token, in the same batch, and keeps the longest prefix its own sampling agrees with (engine.py).
 
-The drafts are deterministic, so "sample the target, keep the draft while they agree" is the
-rejection-sampling rule itself: a drafted token d survives with probability p(d), and the first
-disagreeing sample is drawn from p without d, renormalized. Output is distributed as without
-speculation, and at temperature 0 it is the same tokens.
+The drafts are deterministic (a lookup, or the draft model's most likely token), so "sample the
+target, keep the draft while they agree" is the rejection-sampling rule itself: a drafted token d
+survives with probability p(d), and the first disagreeing sample is drawn from p without d,
+renormalized. Output is distributed as without speculation, and at temperature 0 it is the same
+tokens.
+
+A drafted token costs a decoded token whether it is kept or not. StepCost learns what a step costs
+per token on this machine and `afford` drafts only the tokens expected to raise the step's
+throughput: on a small CPU whose cores several streams already keep busy, little or nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-SPECULATIVE_MODES = ("off", "ngram")
+SPECULATIVE_MODES = ("off", "ngram", "draft")
+DRAFT_POLICIES = ("auto", "always")  # auto: only drafts the step cost model expects to pay
 DRAFT_MAX_RANGE = (1, 64)  # tokens drafted per sequence per step
 NGRAM_SIZES = (4, 3, 2)  # lookup lengths, longest first: a longer match predicts better
+# How sure the draft model must be of a token to propose it (its probability), as llama.cpp's default.
+DRAFT_P_MIN = 0.75
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """`mode` off or ngram; up to `draft_max` drafted tokens per sequence per step."""
+    """`mode` off, ngram or draft (then `draft_model` is the GGUF that drafts); up to `draft_max`
+    drafted tokens per sequence per step; `policy` auto trims drafts that would not pay."""
 
     mode: str = "off"
     draft_max: int = 16
+    draft_model: Path | None = None
+    policy: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in SPECULATIVE_MODES:
             raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {self.mode!r}")
+        if self.policy not in DRAFT_POLICIES:
+            raise ValueError(f"draft policy must be one of {', '.join(DRAFT_POLICIES)}, got {self.policy!r}")
         low, high = DRAFT_MAX_RANGE
         if not low <= self.draft_max <= high:
             raise ValueError(f"draft_max must be in [{low}, {high}], got {self.draft_max}")
+        if (self.mode == "draft") != (self.draft_model is not None):
+            raise ValueError("--speculative draft needs --draft-model PATH" if self.mode == "draft" else
+                             f"--draft-model drafts with --speculative draft, not {self.mode}")
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
 
+    def sequence_drafts(self, prompt: list[int]) -> SequenceDrafts | None:
+        """A new sequence's draft state; None without speculation."""
+        if not self.enabled:
+            return None
+        return SequenceDrafts(self.draft_max, NgramDrafter(prompt) if self.mode == "ngram" else None)
+
 
 class NgramDrafter:
-    """Prompt lookup over one sequence's tokens: `extend` as tokens are accepted, `draft` before a
-    step, `verified` after it.
+    """Prompt lookup over one sequence's tokens: `extend` as tokens are accepted, `draft` before a step."""
 
-    How many tokens it drafts adapts to how well it has been guessing: after a step that kept `k`
-    of the drafts and rejected the rest, the next draft has at most k + 1 tokens; after a step that
-    kept them all, twice as many, up to `draft_max`. Each rejected draft costs a decoded token, so
-    where the context does not predict the answer (open chat) little is wasted.
-    """
-
-    def __init__(self, tokens: list[int], draft_max: int = SpeculativeConfig.draft_max) -> None:
-        self._draft_max = self._cap = draft_max
+    def __init__(self, tokens: list[int]) -> None:
         self._tokens: list[int] = []
         # For each lookup length: an n-gram -> the position just after its latest occurrence
         # that is followed by at least one token (so a match always has something to propose).
@@ -69,7 +83,6 @@ class NgramDrafter:
     def draft(self, limit: int) -> list[int]:
         """Up to `limit` tokens that followed the latest earlier occurrence of the longest
         matching suffix; empty when nothing matches."""
-        limit = min(limit, self._cap)
         if limit < 1:
             return []
         tokens = self._tokens
@@ -81,6 +94,105 @@ class NgramDrafter:
                 return tokens[start:start + limit]
         return []
 
+
+class SequenceDrafts:
+    """One sequence's speculation: its lookup (ngram mode), how long its next draft may be, and how
+    often its drafted tokens were kept.
+
+    The length adapts: after a step that kept `k` of the drafts and rejected the rest, the next draft
+    has at most k + 1 tokens; after a step that kept them all, twice as many, up to `draft_max`.
+    `keep_rate` estimates the chance that a drafted token is kept given the one before it was: kept
+    tokens are successes, a rejection one failure, in exponentially fading counts that start hopeful
+    (HOPE: 3 kept to 1 rejected). A sequence the cost model leaves undrafted drifts back towards
+    hope, so that it is tried again where hope would be tried.
+    """
+
+    FADE = 0.8  # weight of the earlier counts at each verified draft
+    RETURN = 0.9  # weight of the earlier counts, against hope's, at each step spent undrafted
+    HOPE = (3.0, 1.0)
+
+    def __init__(self, draft_max: int, lookup: NgramDrafter | None) -> None:
+        self.lookup = lookup
+        self._draft_max = self.cap = draft_max
+        self._kept, self._rejected = self.HOPE
+
+    @property
+    def keep_rate(self) -> float:
+        return self._kept / (self._kept + self._rejected)
+
+    def accepted(self, token: int) -> None:
+        if self.lookup is not None:
+            self.lookup.extend([token])
+
     def verified(self, drafted: int, kept: int) -> None:
         """The last draft's outcome: `kept` of its `drafted` tokens agreed with the sampling."""
-        self._cap = min(self._draft_max, 2 * self._cap) if kept == drafted else kept + 1
+        self.cap = min(self._draft_max, 2 * self.cap) if kept == drafted else kept + 1
+        self._kept = self.FADE * self._kept + kept
+        self._rejected = self.FADE * self._rejected + (kept < drafted)
+
+    def undrafted(self) -> None:
+        kept, rejected = self.HOPE
+        self._kept = self.RETURN * self._kept + (1 - self.RETURN) * kept
+        self._rejected = self.RETURN * self._rejected + (1 - self.RETURN) * rejected
+
+
+class StepCost:
+    """What a decode step costs on this machine, as `fixed + per_token * tokens` seconds, fitted by
+    least squares over recent steps (exponentially fading, so it follows the load).
+
+    Only steps that decoded no prompt are observed: a prompt chunk's cost grows with its context.
+    Until steps of different sizes have been seen, nothing is known and `estimate` is None.
+    """
+
+    FADE = 0.98  # about the last 50 steps count
+
+    def __init__(self) -> None:
+        self._weight = self._tokens = self._tokens_sq = self._seconds = self._products = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        fade = self.FADE
+        self._weight = fade * self._weight + 1
+        self._tokens = fade * self._tokens + tokens
+        self._tokens_sq = fade * self._tokens_sq + tokens * tokens
+        self._seconds = fade * self._seconds + seconds
+        self._products = fade * self._products + tokens * seconds
+
+    def estimate(self) -> tuple[float, float] | None:
+        """(fixed seconds, seconds per token), or None while the observed steps were all alike."""
+        if self._weight < 4:
+            return None
+        mean_tokens, mean_seconds = self._tokens / self._weight, self._seconds / self._weight
+        variance = self._tokens_sq / self._weight - mean_tokens ** 2
+        if variance < 0.25:
+            return None
+        per_token = max(0.0, (self._products / self._weight - mean_tokens * mean_seconds) / variance)
+        return max(0.0, mean_seconds - per_token * mean_tokens), per_token
+
+
+def afford(wanted: list[int], keep_rates: list[float], cost: tuple[float, float] | None,
+           draft_seconds: float = 0.0) -> list[int]:
+    """How many of each sequence's `wanted` drafts to decode this step.
+
+    A step decodes one token per sequence; each drafted token adds `per_token` seconds (plus
+    `draft_seconds`, the draft model's cost of proposing it) and yields an expected `rate ** j`
+    tokens (the j-th draft is kept only if the ones before it were). Drafts are taken best first
+    while they raise the expected tokens per second: one of expected yield g pays iff
+    g * step_seconds > its_seconds * expected_tokens. With no estimate yet, all are taken.
+    """
+    if cost is None:
+        return list(wanted)
+    fixed, per_token = cost
+    extra = per_token + draft_seconds
+    expected = float(len(wanted))
+    seconds = fixed + per_token * expected
+    offers = sorted(((rate ** j, index) for index, (count, rate) in enumerate(zip(wanted, keep_rates))
+                     for j in range(1, count + 1)), reverse=True)
+    granted = [0] * len(wanted)
+    # Each grant raises expected / seconds, so the bar only rises: the first offer below it ends the search.
+    for gain, index in offers:
+        if gain * seconds <= extra * expected:
+            break
+        granted[index] += 1
+        seconds += extra
+        expected += gain
+    return granted

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from edge.engine.speculative import NgramDrafter, SpeculativeConfig
+from edge.engine.speculative import NgramDrafter, SpeculativeConfig, StepCost, afford
 from edge.settings import Settings
 
 
@@ -37,15 +39,73 @@ def test_bad_speculative_settings_are_refused(mode: str, draft_max: int) -> None
 
 
 def test_speculation_is_off_by_default() -> None:
-    assert not SpeculativeConfig().enabled and Settings().speculative == "off"
+    assert not SpeculativeConfig().enabled and Settings().speculative_config.mode == "off"
 
 
 def test_the_draft_length_follows_how_well_drafts_were_kept() -> None:
-    drafter = NgramDrafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2], draft_max=8)
-    assert len(drafter.draft(20)) == 8  # capped by draft_max
-    drafter.verified(8, 1)  # one kept, the rest rejected: next time at most 2
-    assert drafter.draft(20) == [3, 4]
-    drafter.verified(2, 2)  # all kept: twice as many
-    assert drafter.draft(20) == [3, 4, 5, 6]
-    drafter.verified(4, 0)
-    assert drafter.draft(20) == [3]
+    drafts = SpeculativeConfig("ngram", 8).sequence_drafts([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2])
+    assert drafts.cap == 8  # draft_max
+    drafts.verified(8, 1)  # one kept, the rest rejected: next time at most 2
+    assert drafts.cap == 2 and drafts.lookup.draft(drafts.cap) == [3, 4]
+    drafts.verified(2, 2)  # all kept: twice as many
+    assert drafts.cap == 4
+    drafts.verified(4, 0)
+    assert drafts.cap == 1
+
+
+def test_the_keep_rate_follows_outcomes_and_recovers_while_undrafted() -> None:
+    drafts = SpeculativeConfig("ngram").sequence_drafts([])
+    assert drafts.keep_rate == 0.75  # hopeful before any draft
+    for _ in range(10):
+        drafts.verified(4, 0)
+    low = drafts.keep_rate
+    assert low < 0.1
+    for _ in range(20):
+        drafts.undrafted()
+    assert drafts.keep_rate > low + 0.3  # tried again before long
+    for _ in range(10):
+        drafts.verified(8, 8)
+    assert drafts.keep_rate > 0.9
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"mode": "draft"}, "needs --draft-model"),
+    ({"mode": "ngram", "draft_model": Path("x.gguf")}, "--speculative draft, not ngram"),
+    ({"mode": "ngram", "policy": "sometimes"}, "draft policy"),
+])
+def test_contradictory_draft_settings_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SpeculativeConfig(**kwargs)
+
+
+def test_a_draft_model_alone_means_draft_mode() -> None:
+    assert Settings(draft_model="small.gguf").speculative_config.mode == "draft"
+    assert Settings(speculative="ngram").speculative_config.draft_model is None
+
+
+def test_the_step_cost_is_unknown_until_steps_of_different_sizes_are_seen() -> None:
+    cost = StepCost()
+    for _ in range(10):
+        cost.observe(4, 0.030)
+    assert cost.estimate() is None  # all alike: the per-token cost cannot be told from the fixed one
+    for tokens in (1, 2, 8, 16) * 5:
+        cost.observe(tokens, 0.002 + 0.007 * tokens)
+    fixed, per_token = cost.estimate()
+    assert per_token == pytest.approx(0.007, rel=0.15) and fixed == pytest.approx(0.002, abs=0.004)
+
+
+def test_drafts_are_afforded_only_while_they_raise_the_expected_throughput() -> None:
+    assert afford([5, 0, 3], [0.9, 0.9, 0.1], None) == [5, 0, 3]  # no estimate yet: everything
+    # A small CPU (about what a 2-core AMD EPYC measured with SmolLM2: 7 ms a step, 4.6 ms a token):
+    # one sequence with good odds drafts several, one with poor odds one, four with poor odds none.
+    small_cpu = (0.007, 0.0046)
+    assert afford([8], [0.95], small_cpu)[0] >= 4
+    assert afford([8], [0.6], small_cpu) == [1]
+    assert afford([8, 8, 8, 8], [0.6] * 4, small_cpu) == [0, 0, 0, 0]
+    # Memory-bound (a GPU: the fixed cost dominates): drafts are nearly free, so even poor odds pay.
+    assert afford([4, 4], [0.5, 0.5], (0.020, 0.0002)) == [4, 4]
+    # Better odds are served first, and a sequence's grant is always a prefix of its drafts.
+    granted = afford([6, 6], [0.97, 0.7], (0.004, 0.004))
+    assert granted[0] > granted[1]
+    # The draft model's own cost per token counts against its drafts.
+    assert sum(afford([8], [0.8], (0.004, 0.001), draft_seconds=0.02)) == 0
