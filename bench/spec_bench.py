@@ -23,18 +23,37 @@ from servers import LLAMA_SERVER, RunningServer, Settings
 from report import machine
 from step_profile import samples
 
+from convert.gguf_edit import first_blocks
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 CLIENTS = (1, 4)
-# name -> (server program, extra flags): each speculative variant beside its baseline
-VARIANTS = {
-    "edge": ("edge", ()),
-    "edge ngram": ("edge", ("--speculative", "ngram")),
-    "llama-server": ("llama-server", ()),
-    "llama-server ngram-simple": ("llama-server", ("--spec-type", "ngram-simple")),
-}
-BASELINE = {"edge ngram": "edge", "llama-server ngram-simple": "llama-server"}
+DRAFT_BLOCKS = 24  # the first-blocks draft model keeps this many of the model's blocks
+DRAFTS = Path.home() / ".cache" / "edge-bench" / "drafts"
+
+
+def variants(gguf: Path, draft: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (server program, extra flags); a variant's baseline is the first word of its name."""
+    return {
+        "edge": ("edge", ()),
+        "edge ngram": ("edge", ("--speculative", "ngram")),
+        "edge ngram, policy always": ("edge", ("--speculative", "ngram", "--draft-policy", "always")),
+        "edge self-draft": ("edge", ("--draft-model", str(gguf))),
+        f"edge draft first-{DRAFT_BLOCKS}": ("edge", ("--draft-model", str(draft))),
+        "llama-server": ("llama-server", ()),
+        "llama-server ngram-simple": ("llama-server", ("--spec-type", "ngram-simple")),
+        "llama-server self-draft": ("llama-server", ("--model-draft", str(gguf))),
+        f"llama-server draft first-{DRAFT_BLOCKS}": ("llama-server", ("--model-draft", str(draft))),
+    }
+
+
+def first_blocks_draft(gguf: Path) -> Path:
+    """The model's first DRAFT_BLOCKS blocks as a draft model (built once, kept in DRAFTS)."""
+    path = DRAFTS / f"{gguf.stem}-first-{DRAFT_BLOCKS}.gguf"
+    if not path.is_file():
+        DRAFTS.mkdir(parents=True, exist_ok=True)
+        first_blocks(gguf, path.with_suffix(".part"), DRAFT_BLOCKS).rename(path)
+    return path
 TEXTS = [
     "The committee met on a grey Tuesday to review the harbour plan. The engineers proposed a longer "
     "breakwater, two new cranes and a rail spur to the northern quay, and the treasurer read out the "
@@ -105,11 +124,11 @@ def measure(server: RunningServer, task: str, clients: int, max_tokens: int) -> 
     return {"tps": tokens / seconds, "tokens": tokens, "acceptance": accepted / drafted if drafted else None}
 
 
-def run(variants: list[str], settings: Settings, rounds: int, max_tokens: int, logs: Path) -> dict:
-    results: dict = {name: {} for name in variants}
+def run(chosen: dict[str, tuple[str, tuple[str, ...]]], settings: Settings, rounds: int, max_tokens: int,
+        logs: Path) -> dict:
+    results: dict = {name: {} for name in chosen}
     for round_index in range(rounds):
-        for name in variants:  # interleaved: each round runs every variant once
-            program, extra = VARIANTS[name]
+        for name, (program, extra) in chosen.items():  # interleaved: each round runs every variant once
             server = RunningServer(program, settings, logs, extra, log_name=f"spec-{name.replace(' ', '-')}")
             try:
                 for task in TASKS:
@@ -139,12 +158,16 @@ def write_report(path: Path, results: dict, settings: Settings, rounds: int, max
             key = f"{task}|{clients}"
             for name, by_key in results.items():
                 tps = _median(by_key[key], "tps")
-                base = BASELINE.get(name)
-                speedup = f"{tps / _median(results[base][key], 'tps'):.2f}x" if base in results else ""
+                base = name.split()[0]
+                speedup = f"{tps / _median(results[base][key], 'tps'):.2f}x" if base != name and base in results else ""
                 acceptance = _median(by_key[key], "acceptance")
                 rate = f"{acceptance:.0%}" if acceptance is not None else ""
                 lines.append(f"| {task} | {clients} | {name} | {tps:.1f} | {speedup} | {rate} |")
-    lines += ["", "A draft model (`--draft-model`) is not implemented yet: no row for it."]
+    lines += ["", "Draft models: self-draft is the model drafting for itself (every draft costs a target-sized "
+              f"decode: an upper bound on acceptance, not a speedup); first-{DRAFT_BLOCKS} is its first {DRAFT_BLOCKS} "
+              "blocks and output head (convert/gguf_edit.first_blocks), an untrained stand-in for a smaller sibling "
+              "model. edge's policy is auto (the default: drafts only what its step cost model expects to pay) unless "
+              "a row says always."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -158,11 +181,12 @@ def main() -> int:
     args = parser.parse_args()
     gguf = args.gguf or resolve_model(None, DEFAULT_MODELS_DIR)[0]
     settings = Settings(gguf, max(CLIENTS), 2048, args.threads)
-    variants = [name for name, (program, _) in VARIANTS.items() if program == "edge" or LLAMA_SERVER.exists()]
-    if len(variants) < len(VARIANTS):
+    every = variants(gguf, first_blocks_draft(gguf))
+    chosen = {name: variant for name, variant in every.items() if variant[0] == "edge" or LLAMA_SERVER.exists()}
+    if len(chosen) < len(every):
         print("llama-server is not built (make bench-tools): edge only", file=sys.stderr)
     args.reports.mkdir(parents=True, exist_ok=True)
-    results = run(variants, settings, args.rounds, args.max_tokens, args.reports)
+    results = run(chosen, settings, args.rounds, args.max_tokens, args.reports)
     write_report(args.reports / "speculative.md", results, settings, args.rounds, args.max_tokens)
     print(f"wrote {args.reports / 'speculative.md'}", file=sys.stderr)
     return 0
