@@ -44,23 +44,26 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def first_blocks_draft(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model's first 24 of 30 blocks: a draft model whose drafts are often rejected
-    (43% kept on the edit prompt), so that rejection runs in the draft model's streams too."""
-    return first_blocks(EMBEDDED_GGUF, tmp_path_factory.mktemp("draft") / "first-24.gguf", 24)
+# The policy is "always": these tests are about verification, and the cost model (policy auto,
+# tests/unit/test_speculative_drafts.py) could leave a step undrafted on a busy machine.
+DRAFTING = ["--draft-max", "8", "--draft-policy", "always"]
 
 
-@pytest.fixture(scope="module", params=["ngram", "self-draft", "first-blocks-draft"])
+@pytest.fixture(scope="module", params=["ngram", "self-draft"])
 def speculative(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    drafter = {"ngram": lambda: ["--speculative", "ngram"],
-               "self-draft": lambda: ["--draft-model", str(EMBEDDED_GGUF)],
-               "first-blocks-draft": lambda: ["--draft-model", str(request.getfixturevalue("first_blocks_draft"))]}
-    # The policy is "always": these tests are about verification, and the cost model (policy auto,
-    # tests/unit/test_speculative_drafts.py) could leave a step undrafted on a busy machine.
-    drafter = drafter[request.param]()
-    server = Server([*ARGS, *drafter, "--draft-max", "8", "--draft-policy", "always"], {},
-                    tmp_path_factory.mktemp("speculative") / "serve.log")
+    drafter = ["--speculative", "ngram"] if request.param == "ngram" else ["--draft-model", str(EMBEDDED_GGUF)]
+    server = Server([*ARGS, *drafter, *DRAFTING], {}, tmp_path_factory.mktemp("speculative") / "serve.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def often_rejected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Drafting by the embedded model's first 24 of 30 blocks, whose drafts are often rejected
+    (43% kept on the edit prompt), so that rejection runs in the draft model's streams."""
+    draft = first_blocks(EMBEDDED_GGUF, tmp_path_factory.mktemp("draft") / "first-24.gguf", 24)
+    server = Server([*ARGS, "--draft-model", str(draft), *DRAFTING], {},
+                    tmp_path_factory.mktemp("often-rejected") / "serve.log")
     yield server
     server.stop()
 
@@ -147,27 +150,41 @@ def test_greedy_n2_equals_it_without(plain, speculative):
 
 
 def test_seeded_n2_draws_equal_them_without(plain, speculative, request):
-    if request.node.callspec.params["speculative"] == "first-blocks-draft":
-        pytest.skip("this draft's many rejections put tokens in other batches than without speculation, and a "
-                    "seeded draw near a boundary follows llama.cpp's per-batch arithmetic (README)")
+    if request.node.callspec.params["speculative"] != "ngram":
+        # Measured (CI, AMD EPYC): at temperature 0.7 the draft model's greedy drafts are rejected
+        # often, kept tokens come out of batches of other shapes than without speculation, and a
+        # seeded draw near a boundary follows llama.cpp's per-batch arithmetic (README).
+        pytest.skip("seeded draws equal only where drafts are mostly kept (ngram on a repeat): a draft model's "
+                    "rejections put tokens in other batches, and llama.cpp's per-batch arithmetic moves the draw")
     # Each kept token is sampled once, as without speculation: the seeded draws line up.
     reference, answer = both(plain, speculative, messages=REPEAT, temperature=0.7, seed=5, n=2, max_tokens=60)
     assert [c.message.content for c in answer.choices] == [c.message.content for c in reference.choices]
 
 
-def test_four_concurrent_streams_each_equal_it_alone_without(plain, speculative):
+def test_four_concurrent_streams_each_equal_it_alone_without(plain, speculative, request):
     prompts = [[{"role": "user", "content": f"Repeat this text exactly, {times}:\n{TEXT}"}]
                for times in ("once", "twice", "three times", "word by word")]
 
-    def streamed(server: Server, messages: list[dict]) -> str:
+    def streamed(server: Server, messages: list[dict]) -> tuple[str, list]:
         chunks = client(server).chat.completions.create(model=MODEL, messages=messages, temperature=0,
-                                                        max_tokens=80, stream=True)
-        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+                                                        max_tokens=80, stream=True, logprobs=True, top_logprobs=2)
+        text, entries = "", []
+        for chunk in chunks:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                entries += chunk.choices[0].logprobs.content if chunk.choices[0].logprobs else []
+        return text, entries
 
     expected = [streamed(plain, messages) for messages in prompts]
     with Drafts(speculative), ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(lambda messages: streamed(speculative, messages), prompts))
-    assert together == expected
+    if request.node.callspec.params["speculative"] == "ngram":
+        assert [text for text, _ in together] == [text for text, _ in expected]
+    else:
+        # The draft model stops drafting where it is unsure, so how the four streams' tokens share
+        # batches varies from run to run (measured: one run in three left plain output at a near-tie).
+        for (_, got), (_, reference) in zip(together, expected):
+            assert_equal_but_for_a_near_tie(reference, [entry.token for entry in got])
     assert metric(speculative, "edge_busy_slots") == 0
 
 
@@ -180,3 +197,35 @@ def test_the_next_request_reuses_the_cache_that_rejected_drafts_left(plain, spec
     assert metric(speculative, "edge_prefix_cache_hit_tokens_total") - hits == first.usage.prompt_tokens - 1
     assert again.choices[0].message.content == first.choices[0].message.content
     assert metric(speculative, "edge_speculative_acceptance_rate_count") > 0
+
+
+def test_often_rejected_drafts_leave_greedy_output_but_for_near_ties(plain, often_rejected):
+    """Rejected drafts shape the batches a sequence's tokens are decoded in, and llama.cpp's CPU
+    arithmetic moves logits by up to 0.4-0.8 with the batch (README): with drafts rejected this
+    often, greedy output equals the plain server's, or leaves it first where the plain server's
+    two best tokens were that close. A wrong token in the KV cache would leave it anywhere."""
+    fields = {"messages": REPEAT, "temperature": 0, "max_tokens": 120, "logprobs": True, "top_logprobs": 2}
+    reference = client(plain).chat.completions.create(model=MODEL, **fields)
+    before = (metric(often_rejected, "edge_speculative_drafted_tokens_total"),
+              metric(often_rejected, "edge_speculative_accepted_tokens_total"))
+    answer = client(often_rejected).chat.completions.create(model=MODEL, **fields)
+    drafted = metric(often_rejected, "edge_speculative_drafted_tokens_total") - before[0]
+    kept = metric(often_rejected, "edge_speculative_accepted_tokens_total") - before[1]
+    assert 0 < kept < drafted, f"{kept} of {drafted} drafts kept: rejection did not run"
+    assert_equal_but_for_a_near_tie(reference.choices[0].logprobs.content,
+                                    [entry.token for entry in answer.choices[0].logprobs.content])
+
+
+def assert_equal_but_for_a_near_tie(reference: list, got: list[str]) -> None:
+    """`got` (tokens) equals the plain server's greedy tokens, or leaves them first where the plain
+    server's two best tokens were within 1.0 of each other (llama.cpp's per-batch arithmetic moves
+    logits by up to 0.4-0.8: README)."""
+    expected = [entry.token for entry in reference]
+    differ = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), None)
+    if differ is None:
+        assert len(got) == len(expected)
+        return
+    best, second = reference[differ].top_logprobs[:2]
+    assert best.logprob - second.logprob < 1.0, (
+        f"token {differ} differs ({got[differ]!r} for {expected[differ]!r}) where the plain server was sure: "
+        f"{best.logprob:.2f} vs {second.logprob:.2f}")
