@@ -143,9 +143,7 @@ class DraftModel:
 
     def _take(self, request: DraftRequest) -> bool:
         """Draft the most likely token at the request's logits if the model is sure enough of it;
-        True if the request drafts on."""
-        if request.limit <= len(request.drafts):
-            return False
+        True if the request drafts on (requests come here with room for one more draft)."""
         pointer = llama_cpp.llama_get_logits_ith(self._ctx, request.index)
         logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (self.model.n_vocab,))
         token = int(logits.argmax())

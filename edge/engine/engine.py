@@ -43,7 +43,7 @@ from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
 from edge.engine.slots import SlotTable
 from edge.engine.speculator import Speculator
-from edge.engine.step_profile import PUBLISH, SAMPLE, TEXT
+from edge.engine.step_profile import DECODE, PUBLISH, SAMPLE, TEXT
 
 log = logging.getLogger("edge.engine")
 
@@ -300,11 +300,10 @@ class Engine:
         if not batch.count:
             return
         profile.decoding()
-        decode_started = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         profile.decoded()
         if self._speculator is not None and batch.count == decoding_only:
-            self._speculator.observe(batch.count, time.perf_counter() - decode_started)
+            self._speculator.observe(batch.count, profile.totals[DECODE])
         if status != 0:
             log.error("llama_decode failed with status %d", status)
             for job in list(active):

@@ -76,4 +76,4 @@ class StepProfile:
         self._sequences.inc(self._sampled)
 
 
-SAMPLE, TEXT, PUBLISH = (PHASES.index(name) for name in ("sample", "text", "publish"))
+DECODE, SAMPLE, TEXT, PUBLISH = (PHASES.index(name) for name in ("decode", "sample", "text", "publish"))
