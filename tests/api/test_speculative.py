@@ -73,7 +73,8 @@ def client(server: Server) -> openai.OpenAI:
 
 
 class Drafts:
-    """The speculative server's draft counters around a block: drafted and kept must both move."""
+    """The speculative server's draft counters around a block: drafted and kept must both move.
+    After the block, `drafted` and `accepted` hold how much they moved."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -85,9 +86,10 @@ class Drafts:
 
     def __exit__(self, *exc_info) -> None:
         if exc_info[0] is None:
-            drafted = metric(self.server, "edge_speculative_drafted_tokens_total") - self.drafted
-            accepted = metric(self.server, "edge_speculative_accepted_tokens_total") - self.accepted
-            assert drafted > 0 and accepted > 0, f"speculation did not happen: {drafted} drafted, {accepted} kept"
+            self.drafted = metric(self.server, "edge_speculative_drafted_tokens_total") - self.drafted
+            self.accepted = metric(self.server, "edge_speculative_accepted_tokens_total") - self.accepted
+            assert self.drafted > 0 and self.accepted > 0, (
+                f"speculation did not happen: {self.drafted} drafted, {self.accepted} kept")
 
 
 def both(plain: Server, speculative: Server, **fields):
@@ -206,12 +208,9 @@ def test_often_rejected_drafts_leave_greedy_output_but_for_near_ties(plain, ofte
     two best tokens were that close. A wrong token in the KV cache would leave it anywhere."""
     fields = {"messages": REPEAT, "temperature": 0, "max_tokens": 120, "logprobs": True, "top_logprobs": 2}
     reference = client(plain).chat.completions.create(model=MODEL, **fields)
-    before = (metric(often_rejected, "edge_speculative_drafted_tokens_total"),
-              metric(often_rejected, "edge_speculative_accepted_tokens_total"))
-    answer = client(often_rejected).chat.completions.create(model=MODEL, **fields)
-    drafted = metric(often_rejected, "edge_speculative_drafted_tokens_total") - before[0]
-    kept = metric(often_rejected, "edge_speculative_accepted_tokens_total") - before[1]
-    assert 0 < kept < drafted, f"{kept} of {drafted} drafts kept: rejection did not run"
+    with Drafts(often_rejected) as drafts:
+        answer = client(often_rejected).chat.completions.create(model=MODEL, **fields)
+    assert drafts.accepted < drafts.drafted, f"{drafts.accepted} of {drafts.drafted} drafts kept: rejection did not run"
     assert_equal_but_for_a_near_tie(reference.choices[0].logprobs.content,
                                     [entry.token for entry in answer.choices[0].logprobs.content])
 
