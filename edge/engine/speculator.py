@@ -69,7 +69,7 @@ class Speculator:
         granted = afford(rooms, [seq.drafts.keep_rate for seq in decoding], self._step_cost(),
                          self._draft_model.seconds_per_draft if self._draft_model else 0.0)
         for seq, room, grant in zip(decoding, rooms, granted):
-            if grant < room:
+            if room and not grant:  # a partial grant is verified, and that moves the keep rate itself
                 seq.drafts.undrafted()
         if self._draft_model is None:
             return [lookup[:grant] for lookup, grant in zip(lookups, granted)]

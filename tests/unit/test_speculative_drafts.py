@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from edge.engine.metrics import EngineMetrics
 from edge.engine.speculative import NgramDrafter, SpeculativeConfig, StepCost, afford
+from edge.engine.speculator import Speculator
 from edge.settings import Settings
 
 
@@ -109,3 +112,25 @@ def test_drafts_are_afforded_only_while_they_raise_the_expected_throughput() -> 
     assert granted[0] > granted[1]
     # The draft model's own cost per token counts against its drafts.
     assert sum(afford([8], [0.8], (0.004, 0.001), draft_seconds=0.02)) == 0
+
+
+def _sequence(prompt: list[int]) -> SimpleNamespace:
+    """The fields of an engine Sequence that Speculator.propose reads."""
+    drafts = SpeculativeConfig("ngram", 8).sequence_drafts(prompt)
+    return SimpleNamespace(drafts=drafts, generated=0, job=SimpleNamespace(request=SimpleNamespace(max_tokens=100)))
+
+
+def test_only_a_sequence_left_wholly_undrafted_drifts_back_towards_hope() -> None:
+    speculator = Speculator(SpeculativeConfig("ngram", 8), EngineMetrics())
+    for tokens in (1, 2, 4, 8) * 10:  # a small CPU: drafted tokens cost nearly a step each
+        speculator.observe(tokens, 0.004 + 0.004 * tokens)
+    repeating = [1, 2, 3, 4, 5, 6, 7, 8, 9] * 3
+    partly, wholly = _sequence(repeating), _sequence(repeating)
+    for _ in range(4):
+        partly.drafts.verified(8, 7)  # good odds (better than hope's), but not good enough for all eight
+        wholly.drafts.verified(4, 0)  # poor odds: no draft pays
+    partly_rate, wholly_rate = partly.drafts.keep_rate, wholly.drafts.keep_rate
+    proposed = speculator.propose([partly, wholly], 16)
+    assert 0 < len(proposed[0]) < 8 and proposed[1] == []
+    assert partly.drafts.keep_rate == partly_rate  # its verification will tell
+    assert wholly.drafts.keep_rate > wholly_rate
