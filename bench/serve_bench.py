@@ -29,12 +29,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RunContext, write_report  # noqa: E402
 from step_profile import breakdown, samples, snapshot  # noqa: E402
-from servers import SERVERS, Failure, RunningServer, ServerFailed, Settings, available, llama_server_amx  # noqa: E402
+from servers import (SERVERS, Failure, RunningServer, ServerFailed, Settings, available, edge_kernels,  # noqa: E402
+                     llama_server_amx)
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model  # noqa: E402
 from edge.engine.llama_model import LlamaModel  # noqa: E402
-from edge.plan.placement import cpu_kernels  # noqa: E402
-from edge.settings import Settings as EdgeSettings  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 T = TypeVar("T")
@@ -284,20 +283,6 @@ def _record(name: str, failure: Failure, failures: dict[str, Failure]) -> None:
     failures[name] = failure
     print(f"{name}: {failure.sentence()} ({failure.log_tail or 'no log output'}); measuring the others",
           file=sys.stderr)
-
-
-def edge_kernels(settings: Settings) -> tuple[str | None, str]:
-    """The CPU kernels `edge serve` decides on for this model and thread count, and its log line.
-
-    It is computed here by the call `edge serve` makes at start (--cpu-kernels and the probe's
-    cache folder from the same EDGE_* variables the server reads), before the servers start: the
-    server then finds the verdict in that cache and loads with exactly this choice. Its log
-    (--log-level warning, which keeps request logging out of its timings) would not show the line."""
-    try:
-        choice = cpu_kernels(EdgeSettings(threads=settings.threads), settings.gguf)
-    except ValueError as error:  # a forced choice that cannot run here, or no survivor
-        return None, f"CPU kernels: undecided ({error})"
-    return choice.kernel, choice.line()
 
 
 def main() -> int:

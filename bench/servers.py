@@ -26,6 +26,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support import free_port  # noqa: E402
 
+from edge.plan.placement import cpu_kernels  # noqa: E402
+from edge.settings import Settings as EdgeSettings  # noqa: E402
+
 CACHE = Path(os.environ.get("EDGE_BENCH_CACHE", Path.home() / ".cache" / "edge-bench"))
 LLAMA_SERVER = CACHE / "llama-server-build" / "bin" / "llama-server"
 LLAMA_SERVER_ISA = CACHE / "llama-server-isa-build" / "bin" / "llama-server"  # explicit ISA flags, no native
@@ -227,3 +230,17 @@ def llama_server_amx() -> tuple[bool | None, str]:
     line = match.group(0).strip()
     line = line[line.index("system_info:"):]  # without the log's timestamp prefix
     return bool(re.search(r"\bAMX_INT8 = 1\b", line)), line
+
+
+def edge_kernels(settings: Settings) -> tuple[str | None, str]:
+    """The CPU kernels `edge serve` decides on for this model and thread count, and its log line.
+
+    It is computed here by the call `edge serve` makes at start (--cpu-kernels and the probe's
+    cache folder from the same EDGE_* variables the server reads), before the servers start: the
+    server then finds the verdict in that cache and loads with exactly this choice. Its log
+    (--log-level warning, which keeps request logging out of its timings) would not show the line."""
+    try:
+        choice = cpu_kernels(EdgeSettings(threads=settings.threads), settings.gguf)
+    except ValueError as error:  # a forced choice that cannot run here, or no survivor
+        return None, f"CPU kernels: undecided ({error})"
+    return choice.kernel, choice.line()

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from servers import LLAMA_SERVER, RunningServer, Settings
+from servers import LLAMA_SERVER, Failure, RunningServer, ServerFailed, Settings, edge_kernels
 from report import machine
 from step_profile import samples
 
@@ -32,9 +32,14 @@ DRAFT_BLOCKS = 24  # the first-blocks draft model keeps this many of the model's
 DRAFTS = Path.home() / ".cache" / "edge-bench" / "drafts"
 
 
-def variants(gguf: Path, draft: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """name -> (server program, extra flags); a variant's baseline is the first word of its name."""
-    return {
+def variants(gguf: Path, draft: Path, kernel: str | None) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (server program, extra flags); a variant's baseline is the first word of its name.
+
+    llama-server runs with the CPU kernels edge decided on (`kernel`): its --no-repack where edge
+    runs plain, so that both read the weights through the same kernels (and llama-server's default,
+    on a machine whose AMX kernels fault, would crash at start)."""
+    kernels = ("--no-repack",) if kernel == "plain" else ()
+    every = {
         "edge": ("edge", ()),
         "edge ngram": ("edge", ("--speculative", "ngram")),
         "edge ngram, policy always": ("edge", ("--speculative", "ngram", "--draft-policy", "always")),
@@ -45,6 +50,8 @@ def variants(gguf: Path, draft: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
         "llama-server self-draft": ("llama-server", ("--model-draft", str(gguf))),
         f"llama-server draft first-{DRAFT_BLOCKS}": ("llama-server", ("--model-draft", str(draft))),
     }
+    return {name: (program, (*kernels, *extra) if program == "llama-server" else extra)
+            for name, (program, extra) in every.items()}
 
 
 def first_blocks_draft(gguf: Path) -> Path:
@@ -125,11 +132,20 @@ def measure(server: RunningServer, task: str, clients: int, max_tokens: int) -> 
 
 
 def run(chosen: dict[str, tuple[str, tuple[str, ...]]], settings: Settings, rounds: int, max_tokens: int,
-        logs: Path) -> dict:
+        logs: Path, failures: dict[str, Failure]) -> dict:
+    """Figures by variant and task|clients; a variant that fails to start is recorded in `failures`
+    and left out of the later rounds."""
     results: dict = {name: {} for name in chosen}
     for round_index in range(rounds):
         for name, (program, extra) in chosen.items():  # interleaved: each round runs every variant once
-            server = RunningServer(program, settings, logs, extra, log_name=f"spec-{name.replace(' ', '-')}")
+            if name in failures:
+                continue
+            try:
+                server = RunningServer(program, settings, logs, extra, log_name=f"spec-{name.replace(' ', '-')}")
+            except ServerFailed as error:
+                failures[name] = error.failure
+                print(f"round {round_index + 1} {name}: {error}", file=sys.stderr, flush=True)
+                continue
             try:
                 for task in TASKS:
                     for clients in CLIENTS:
@@ -147,22 +163,30 @@ def _median(figures: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def write_report(path: Path, results: dict, settings: Settings, rounds: int, max_tokens: int) -> None:
+def write_report(path: Path, results: dict, settings: Settings, rounds: int, max_tokens: int, kernel_line: str,
+                 failures: dict[str, Failure]) -> None:
     lines = ["# Speculative decoding", "",
              f"Machine: {machine()}. Model: {settings.gguf.name}, {settings.parallel} slots, {settings.threads} threads, "
              f"{max_tokens} tokens per request, temperature 0; medians of {rounds} interleaved rounds. "
              "Decode tokens/s is the aggregate over the clients, prompts already cached. `make bench-spec` wrote this.",
-             "", "| task | clients | server | tokens/s | speedup vs its baseline | acceptance |", "|---|---|---|---|---|---|"]
+             "", f"edge's `{kernel_line}`; llama-server runs with the matching kernels (its --no-repack where edge "
+             "runs plain).", "", "| task | clients | server | tokens/s | speedup vs its baseline | acceptance |",
+             "|---|---|---|---|---|---|"]
     for task in TASKS:
         for clients in CLIENTS:
             key = f"{task}|{clients}"
             for name, by_key in results.items():
+                if not by_key.get(key):
+                    continue  # it failed at its first start: listed below the table
                 tps = _median(by_key[key], "tps")
                 base = name.split()[0]
-                speedup = f"{tps / _median(results[base][key], 'tps'):.2f}x" if base != name and base in results else ""
+                base_tps = _median(results[base].get(key, []), "tps") if base in results else None
+                speedup = f"{tps / base_tps:.2f}x" if base != name and base_tps else ""
                 acceptance = _median(by_key[key], "acceptance")
                 rate = f"{acceptance:.0%}" if acceptance is not None else ""
                 lines.append(f"| {task} | {clients} | {name} | {tps:.1f} | {speedup} | {rate} |")
+    lines += [""] + [f"- {name} {failure.sentence()}; it was left out of the later rounds." for name, failure in
+                     failures.items()]
     lines += ["", "Draft models: self-draft is the model drafting for itself (every draft costs a target-sized "
               f"decode: an upper bound on acceptance, not a speedup); first-{DRAFT_BLOCKS} is its first {DRAFT_BLOCKS} "
               "blocks and output head (convert/gguf_edit.first_blocks), an untrained stand-in for a smaller sibling "
@@ -181,13 +205,17 @@ def main() -> int:
     args = parser.parse_args()
     gguf = args.gguf or resolve_model(None, DEFAULT_MODELS_DIR)[0]
     settings = Settings(gguf, max(CLIENTS), 2048, args.threads)
-    every = variants(gguf, first_blocks_draft(gguf))
+    kernel, kernel_line = edge_kernels(settings)
+    print(kernel_line, file=sys.stderr)
+    every = variants(gguf, first_blocks_draft(gguf), kernel)
     chosen = {name: variant for name, variant in every.items() if variant[0] == "edge" or LLAMA_SERVER.exists()}
     if len(chosen) < len(every):
         print("llama-server is not built (make bench-tools): edge only", file=sys.stderr)
     args.reports.mkdir(parents=True, exist_ok=True)
-    results = run(chosen, settings, args.rounds, args.max_tokens, args.reports)
-    write_report(args.reports / "speculative.md", results, settings, args.rounds, args.max_tokens)
+    failures: dict[str, Failure] = {}
+    results = run(chosen, settings, args.rounds, args.max_tokens, args.reports, failures)
+    write_report(args.reports / "speculative.md", results, settings, args.rounds, args.max_tokens, kernel_line,
+                 failures)
     print(f"wrote {args.reports / 'speculative.md'}", file=sys.stderr)
     return 0
 
