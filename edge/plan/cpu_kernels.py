@@ -182,7 +182,8 @@ def _probe(model: WeightTypes, kernels: list[str], threads: int) -> list[Trial]:
 class _ProbeChild:
     """One candidate's child process (edge/engine/kernel_probe.py); its death is the candidate's failure."""
 
-    def __init__(self, model: Path, kernel: str, threads: int, workload: tuple[int, int], timeout: float) -> None:
+    def __init__(self, model: Path, kernel: str, threads: int, workload: tuple[int, int], timeout: float,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.kernel = kernel
         self.timeout = timeout
         self.failure = ""
@@ -192,7 +193,7 @@ class _ProbeChild:
         # Children wait for their turn between rounds. OpenMP's threads spin while they wait, by
         # default: two idle children then took the cores from the one being timed, and decode ran at
         # a quarter of its speed. Passive waiting costs the timed child a wake-up per token, alike for all.
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **(extra_env or {})}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self._stderr, text=True, env=env)
         self._read()  # {"ready": true} once loaded and one batch decoded
@@ -246,13 +247,15 @@ class _ProbeChild:
 
 
 def measure_kernels(model: Path, kernels: list[str], threads: int, rounds: int = PROBE_ROUNDS,
-                    workload: tuple[int, int] = PROBE_WORKLOAD, timeout: float = PROBE_TIMEOUT) -> list[Trial]:
+                    workload: tuple[int, int] = PROBE_WORKLOAD, timeout: float = PROBE_TIMEOUT,
+                    envs: list[dict[str, str]] | None = None) -> list[Trial]:
     """Each kernel's median prompt and decode speed on `model` over `rounds`, the kernels taking turns
-    within each round; a kernel whose child dies or hangs gets a failed trial. Kernels may repeat."""
+    within each round; a kernel whose child dies or hangs gets a failed trial. Kernels may repeat;
+    `envs` gives each kernel's child extra environment (another llama.cpp build on its PYTHONPATH)."""
     children: list[_ProbeChild] = []
     try:
-        for kernel in kernels:  # loaded one at a time, so no load competes with another's timing
-            children.append(_ProbeChild(model, kernel, threads, workload, timeout))
+        for index, kernel in enumerate(kernels):  # loaded one at a time, so no load competes with another's timing
+            children.append(_ProbeChild(model, kernel, threads, workload, timeout, envs[index] if envs else None))
         for _ in range(rounds):
             for child in children:
                 child.run_round()

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from isa_flags import cmake_flags, cpu_flags  # noqa: E402
 from step_profile import PHASES, breakdown  # noqa: E402
+
+from edge.plan.isa_flags import cmake_flags, cpu_flags  # noqa: E402
 
 ZEN = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2\nprocessor\t: 1\nflags\t\t: fpu\n"
 SAPPHIRE_RAPIDS = "flags : avx avx2 fma f16c bmi2 avx512f avx512_vnni avx512_bf16 avx512vbmi amx_tile amx_int8\n"

@@ -2,7 +2,11 @@
 `-march=native`: GGML_NATIVE off, each extension this CPU reports in /proc/cpuinfo on, AMX off
 (its kernels are used only where edge's probe proved them; see edge/plan/cpu_kernels).
 
-    python3 bench/isa_flags.py        # prints the flags, for cmake (make bench-tools uses it)
+    python3 edge/plan/isa_flags.py    # prints the flags, for cmake
+
+`make install` builds llama.cpp with them beside pip's native build and keeps the faster
+(edge/plan/llama_build.py); `make bench-tools` builds llama-server both ways. Standard library
+only: it runs before the environment exists.
 """
 
 from __future__ import annotations
