@@ -4,14 +4,22 @@ Order matters and follows llama.cpp's own server: logit_bias, then penalties adj
 (when output must be JSON or tool calls) removes every token that would break it, then the
 truncations (top-k, top-p, min-p) and the temperature shape what is left, and a seeded
 distribution draws. Temperature 0 replaces all of that with greedy choice.
+
+A chain that is greedy choice alone (temperature 0, no bias, penalty or grammar) is not run through
+llama.cpp: llama_sampler_sample copies every logit into a candidate array before it takes the
+largest, 150 us a token for SmolLM2's 49,152-token vocabulary (measured on a 2-core Intel Xeon),
+1.3 ms of every step at 8 sequences; numpy's argmax reads the logits where they lie in 9 us and
+picks the same token (the first of equal maxima, as llama.cpp's greedy sampler does).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 
 import llama_cpp
+import numpy as np
 
 from edge.engine.llama_model import LlamaModel
 
@@ -61,6 +69,8 @@ class SamplerChain:
     """A `llama_sampler` chain owned by one sequence; `close` frees it."""
 
     def __init__(self, model: LlamaModel, params: SamplingParams, seed: int, grammar: str | None) -> None:
+        greedy_only = params.temperature == 0.0 and not params.logit_bias and not params.penalizes and grammar is None
+        self._greedy_row = ctypes.c_float * model.n_vocab if greedy_only else None  # the logits of one token
         self.ptr = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         try:
             for sampler in _samplers(model, params, seed, grammar):
@@ -71,6 +81,10 @@ class SamplerChain:
 
     def sample(self, ctx: llama_cpp.llama_context_p, output_index: int) -> int:
         """Draw from the logits at `output_index` of the last decode, and accept the token."""
+        if self._greedy_row is not None:  # nothing to accept: greedy choice keeps no state
+            logits = llama_cpp.llama_get_logits_ith(ctx, output_index)
+            row = self._greedy_row.from_address(ctypes.addressof(logits.contents))
+            return int(np.frombuffer(row, dtype=np.float32).argmax())
         return llama_cpp.llama_sampler_sample(self.ptr, ctx, output_index)
 
     def close(self) -> None:
