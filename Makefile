@@ -7,7 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The variant installed last is the default, so `make serve` after `make install GPU=cuda` keeps CUDA.
 GPU    ?= $(shell cat $(VENV)/.gpu 2>/dev/null || echo cpu)
-STAMP  := $(VENV)/.installed-$(GPU)
+# CPU builds: pip's -march=native build, and the same code with this CPU's instruction sets named
+# explicitly (edge/plan/isa_flags.py; no AMX). LLAMA_BUILD=auto compiles both and keeps whichever
+# decodes faster here (edge/plan/llama_build.py, cached per machine); native or isa forces one.
+# Like GPU, the choice installed last stays the default.
+LLAMA_BUILD ?= $(shell cat $(VENV)/.llama-build 2>/dev/null || echo auto)
+STAMP  := $(VENV)/.installed-$(GPU)-$(LLAMA_BUILD)
 TEST_STAMP := $(VENV)/.test-installed
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 ARGS ?=
@@ -27,10 +32,6 @@ CMAKE_ARGS ?= $(CMAKE_ARGS_$(GPU))
 WHEELS    ?= $(HOME)/.cache/edge/wheels
 wheel_dir = $(WHEELS)/$(shell printf '%s' '$(LLAMA_CPP_PYTHON) $(1)' | sha256sum | cut -c1-16)
 WHEEL_DIR := $(call wheel_dir,$(CMAKE_ARGS))
-# CPU builds: pip's -march=native build, and the same code with this CPU's instruction sets named
-# explicitly (edge/plan/isa_flags.py; no AMX). LLAMA_BUILD=auto compiles both and keeps whichever
-# decodes faster here (edge/plan/llama_build.py, cached per machine); native or isa forces one.
-LLAMA_BUILD ?= auto
 ifeq ($(filter $(LLAMA_BUILD),auto native isa),)
 $(error LLAMA_BUILD must be auto, native or isa, not '$(LLAMA_BUILD)')
 endif
@@ -88,6 +89,7 @@ $(STAMP): pyproject.toml
 	# Keeps the faster build where two were compiled, and records the choice for `edge info`.
 	$(BIN)/python -m edge.plan.llama_build $(addprefix --wheel ,$(BUILD_WHEELS)) --cache $(WHEELS)/builds.json
 	echo $(GPU) > $(VENV)/.gpu
+	echo $(LLAMA_BUILD) > $(VENV)/.llama-build
 	touch $@
 
 $(TEST_STAMP): $(STAMP)

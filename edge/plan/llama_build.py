@@ -47,7 +47,7 @@ class BuildVerdict:
     def line(self) -> str:
         """`llama.cpp build: isa (make install timed each, plain kernels: native pp 163 / tg 75 tok/s; isa ...)`"""
         if not self.trials:
-            return f"llama.cpp build: {self.build} (chosen with LLAMA_BUILD, not timed)"
+            return f"llama.cpp build: {self.build} (the only one compiled: LLAMA_BUILD or a GPU build; not timed)"
         timings = "; ".join(trial.describe() for trial in self.trials)
         return f"llama.cpp build: {self.build} (make install timed each, plain kernels: {timings})"
 
