@@ -149,7 +149,7 @@ def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: 
     """Each candidate's trial, from the cache or probed now (all of the missing ones on one model file)."""
     key = cache_key(model, threads)
     cache_path = cache_dir / CACHE_FILE
-    known = _read_cache(cache_path).get(key, {})
+    known = read_cache(cache_path).get(key, {})
     missing = [kernel for kernel in candidates if kernel not in known]
     if missing:
         busy = busy_check()
@@ -160,7 +160,7 @@ def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: 
             # verdict for this start only, and probe again at the next.
             log.warning("CPU kernel probe ran on a busy machine (%s); its verdict is not cached", busy)
         else:
-            _write_cache(cache_path, key, known)
+            write_cache(cache_path, key, known)
     return tuple(Trial(**known[kernel]) for kernel in candidates), not missing
 
 
@@ -350,7 +350,7 @@ def build_identity() -> dict[str, object]:
     }
 
 
-def _read_cache(path: Path) -> dict[str, dict[str, dict]]:
+def read_cache(path: Path) -> dict[str, dict[str, dict]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -358,10 +358,10 @@ def _read_cache(path: Path) -> dict[str, dict[str, dict]]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(path: Path, key: str, trials: dict[str, dict]) -> None:
-    """Merge this model's trials into the file; written whole to a temporary name, then renamed."""
+def write_cache(path: Path, key: str, trials: dict[str, dict]) -> None:
+    """Merge one entry (this model's trials, or a build verdict) into the file; written whole to a temporary name, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _read_cache(path)
+    data = read_cache(path)
     data[key] = trials
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     partial.write_text(json.dumps(data, indent=1, sort_keys=True))

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
-from edge.plan.cpu_kernels import Trial, cpu_identity, measure_kernels
+from edge.plan.cpu_kernels import Trial, cpu_identity, measure_kernels, read_cache, write_cache
 
 BUILDS = ("native", "isa")  # a tie goes to the first: pip's own build, what every other user runs
 TIE = 0.02  # decode speeds within this share of the best count as a tie
@@ -100,18 +100,12 @@ def decide(wheels: dict[str, Path], cache: Path, threads: int) -> BuildVerdict:
         return BuildVerdict(next(iter(wheels)))
     key = cache_key(wheels, threads)
     try:
-        return BuildVerdict.from_dict(json.loads(cache.read_text())[key])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # absent or unreadable: time them
+        return BuildVerdict.from_dict(read_cache(cache)[key])
+    except (KeyError, TypeError):
+        pass  # not timed yet on this machine, or an unreadable entry: time them
     trials = time_builds(wheels, resolve_model(None, DEFAULT_MODELS_DIR)[0], threads)  # the embedded model
     verdict = BuildVerdict(pick(trials), tuple(trials))
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known[key] = verdict.to_dict()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(known, indent=1))
+    write_cache(cache, key, verdict.to_dict())  # merged into the file, written whole and renamed
     return verdict
 
 
