@@ -71,6 +71,9 @@ class SamplerChain:
     def __init__(self, model: LlamaModel, params: SamplingParams, seed: int, grammar: str | None) -> None:
         greedy_only = params.temperature == 0.0 and not params.logit_bias and not params.penalizes and grammar is None
         self._greedy_row = ctypes.c_float * model.n_vocab if greedy_only else None  # the logits of one token
+        self.ptr = None
+        if greedy_only:  # numpy chooses: no llama.cpp chain to build
+            return
         self.ptr = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         try:
             for sampler in _samplers(model, params, seed, grammar):

@@ -137,11 +137,12 @@ def kernel_sensitive_types(model: WeightTypes) -> set[str]:
     return {kind for _, kind in model.tensors} & KERNEL_SENSITIVE
 
 
-def pick(survivors: list[Trial]) -> Trial:
-    """The fastest decoder; among those within TIE of it, the simplest kernel."""
+def pick(survivors: list[Trial], preferred: tuple[str, ...] = tuple(reversed(backends.CPU_KERNELS))) -> Trial:
+    """The fastest decoder; among those within TIE of it, the one earliest in `preferred` (for
+    kernels: the simplest). Also picks between llama.cpp builds (edge/plan/llama_build.py)."""
     fastest = max(trial.decode_tps for trial in survivors)
     tied = [trial for trial in survivors if trial.decode_tps >= fastest * (1 - TIE)]
-    return max(tied, key=lambda trial: backends.CPU_KERNELS.index(trial.kernel))
+    return min(tied, key=lambda trial: preferred.index(trial.kernel))
 
 
 def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: Path,

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
 from edge.plan.cpu_kernels import Trial, cpu_identity, measure_kernels, read_cache, write_cache
+from edge.plan.cpu_kernels import pick as pick_fastest
 
 BUILDS = ("native", "isa")  # a tie goes to the first: pip's own build, what every other user runs
-TIE = 0.02  # decode speeds within this share of the best count as a tie
 ROUNDS = 7
 WORKLOAD = (64, 96)  # prompt tokens (one batch), decode tokens (one at a time) per round
 RECORD_FILE = "llama-build.json"  # in the environment's prefix (sys.prefix), read by `edge info`
@@ -60,12 +60,11 @@ class BuildVerdict:
 
 
 def pick(trials: list[Trial]) -> str:
-    """The build that decoded fastest; within TIE of it, the earlier one in BUILDS."""
+    """The build that decoded fastest; within cpu_kernels.TIE of it, the earlier one in BUILDS."""
     survivors = [trial for trial in trials if trial.ok]
     if not survivors:
         raise RuntimeError("no llama.cpp build ran: " + "; ".join(trial.describe() for trial in trials))
-    fastest = max(trial.decode_tps for trial in survivors)
-    return min((t for t in survivors if t.decode_tps >= fastest * (1 - TIE)), key=lambda t: BUILDS.index(t.kernel)).kernel
+    return pick_fastest(survivors, BUILDS).kernel
 
 
 def time_builds(wheels: dict[str, Path], model: Path, threads: int, rounds: int = ROUNDS) -> list[Trial]:
