@@ -19,6 +19,11 @@ TEST_CTX = 1024  # small enough that `max_tokens: null` finishes quickly
 API_KEY = "sk-test-key"
 PRICED_MODEL = "smollm2-priced"
 PRICE = 0.65
+# A tool the tiny model can call with a short argument (maxLength keeps its JSON bounded).
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
+                   "required": ["city"], "additionalProperties": False}}}
 EMBEDDED_GGUF: Path = resolve_model(None, DEFAULT_MODELS_DIR)[0]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from support import EMBEDDED_GGUF, MODEL, Server, metric
+from support import EMBEDDED_GGUF, MODEL, WEATHER_TOOL, Server, metric
 
 from convert.gguf_edit import first_blocks
 
@@ -31,10 +31,6 @@ PERSON_SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"}, "city": {"type": "string", "maxLength": 16},
     "languages": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}},
     "required": ["name", "age", "city", "languages"], "additionalProperties": False}
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
-                   "required": ["city"], "additionalProperties": False}}}
 
 
 @pytest.fixture(scope="module")

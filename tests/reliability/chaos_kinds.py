@@ -17,16 +17,12 @@ from dataclasses import dataclass, field
 import httpx
 import jsonschema
 import openai
-from support import MODEL
+from support import MODEL, WEATHER_TOOL
 
 REQUEST_TIMEOUT = 90.0  # no request of the mix needs this long: one that does counts as a hang
 ERROR_KEYS = {"message", "type", "param", "code"}
 TOPICS = ["a cat", "the sea", "a robot", "a lost key", "winter", "a bakery", "two chess players", "a violin",
           "the moon", "a lighthouse", "a red kite", "an old map"]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
-                   "required": ["city"], "additionalProperties": False}}}
 PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                                   "age": {"type": "integer", "minimum": 0, "maximum": 120}},
                  "required": ["name", "age"], "additionalProperties": False}
