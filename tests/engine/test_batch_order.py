@@ -1,0 +1,71 @@
+"""Every decode's batch lists its sequences in slot order, also when requests land in cached slots
+out of their admission order (llama.cpp decodes an out-of-order batch about a third slower; see
+Engine._add_next_tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import llama_cpp
+from support import EMBEDDED_GGUF
+
+from edge.engine.config import EngineConfig
+from edge.engine.engine import Engine
+from edge.engine.jobs import GenerationDone, GenerationRequest
+from edge.engine.llama_model import LlamaModel
+from edge.engine.sampling import SamplingParams
+
+SLOTS = 4
+GREEDY = SamplingParams(temperature=0.0)
+
+
+class _RecordingEngine(Engine):
+    """The real engine; each step also records the sequence ids of the batch it decodes."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Engine's own
+        self.batches: list[list[int]] = []
+        super().__init__(*args, **kwargs)
+
+    def _step(self, active) -> None:  # noqa: ANN001 - the engine's own list of jobs
+        real_decode = llama_cpp.llama_decode
+
+        def recording_decode(ctx, batch):  # noqa: ANN001, ANN202 - llama.cpp's own types
+            self.batches.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+            return real_decode(ctx, batch)
+
+        llama_cpp.llama_decode = recording_decode  # only the engine thread decodes
+        try:
+            super()._step(active)
+        finally:
+            llama_cpp.llama_decode = real_decode
+
+
+def _run_together(engine: Engine, prompts: list[list[int]]) -> None:
+    async def one(prompt: list[int]) -> None:
+        generation = engine.submit(GenerationRequest(prompt, 12, GREEDY), asyncio.get_running_loop())
+        events = [event async for event in generation.events()]
+        assert isinstance(events[-1], GenerationDone)
+
+    async def all_of_them() -> None:
+        await asyncio.gather(*(one(prompt) for prompt in prompts))
+
+    asyncio.run(asyncio.wait_for(all_of_them(), timeout=120))
+
+
+def test_sequences_go_into_each_batch_in_slot_order_when_cached_slots_are_reused_out_of_order() -> None:
+    model = LlamaModel(EMBEDDED_GGUF)
+    engine = _RecordingEngine(model, EngineConfig(ctx_size=256, parallel=SLOTS, threads=2))
+    try:
+        prompts = [model.tokenize(f"Story number {k}: once upon a time there was a") for k in range(SLOTS)]
+        _run_together(engine, prompts)  # slot k now holds prompt k
+        # Each prompt again, admitted in reverse: each goes back to the slot that holds it.
+        engine.batches.clear()
+        _run_together(engine, prompts[::-1])
+        assert [slot.seq_id for slot in engine._slots.slots if slot.tokens]  # the slots were reused
+        together = [ids for ids in engine.batches if len(set(ids)) > 1]
+        assert together, "no step decoded two sequences at once"
+        for ids in together:
+            assert ids == sorted(ids), f"a batch in the order {ids}"
+    finally:
+        engine.close()
+        model.close()
