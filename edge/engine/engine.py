@@ -329,7 +329,8 @@ class Engine:
         # a prompt being read keeps the rest.
         spare = self.config.n_batch // 2 - len(decoding)
         proposed = self._speculator.propose(decoding, spare) if self._speculator and decoding else [[]] * len(decoding)
-        room = batch.room - sum(1 + len(drafts) for drafts in proposed)
+        running = sum(1 + len(drafts) for drafts in proposed)
+        room = batch.room - running
         chunks: list[tuple[Job, int]] = []
         for job in active:
             if not job.prefilled and room > 0:
@@ -347,7 +348,7 @@ class Engine:
                 last_index = self._add_prompt_chunk(batch, job, size)
                 if job.prefilled:
                     readers.append((last_index, job.live, []))
-        return readers, sum(1 + len(drafts) for drafts in proposed)
+        return readers, running
 
     def _add_next_token(self, batch: BatchWriter, seq: Sequence, drafts: list[int]) -> Reader:
         """A running sequence's next token into the batch, and after it its drafts."""
