@@ -61,7 +61,9 @@ def test_sequences_go_into_each_batch_in_slot_order_when_cached_slots_are_reused
         # Each prompt again, admitted in reverse: each goes back to the slot that holds it.
         engine.batches.clear()
         _run_together(engine, prompts[::-1])
-        assert [slot.seq_id for slot in engine._slots.slots if slot.tokens]  # the slots were reused
+        # Each prompt went back to the slot that held it: slot k holds prompt k, admitted last.
+        for slot, prompt in zip(engine._slots.slots, prompts):
+            assert slot.tokens[:len(prompt)] == prompt
         together = [ids for ids in engine.batches if len(set(ids)) > 1]
         assert together, "no step decoded two sequences at once"
         for ids in together:
