@@ -1,6 +1,6 @@
 """Every decode's batch lists its sequences in slot order, also when requests land in cached slots
 out of their admission order (llama.cpp decodes an out-of-order batch about a third slower; see
-Engine._add_next_tokens)."""
+Engine._fill)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_sequences_go_into_each_batch_in_slot_order_when_cached_slots_are_reused
     try:
         prompts = [model.tokenize(f"Story number {k}: once upon a time there was a") for k in range(SLOTS)]
         _run_together(engine, prompts)  # slot k now holds prompt k
-        # Each prompt again, admitted in reverse: each goes back to the slot that holds it.
+        # Each prompt again, admitted in reverse.
         engine.batches.clear()
         _run_together(engine, prompts[::-1])
         # Each prompt went back to the slot that held it: slot k holds prompt k, admitted last.
