@@ -37,23 +37,26 @@ QUANTS = {"Q4_0": 2, "Q4_1": None, "Q4_K_M": 15, "Q8_0": 7}  # llama.cpp file ty
 
 def models() -> dict[str, Path]:
     """Quant name -> GGUF: the embedded file, and requantizations of it made once."""
+    return {quant: requantized(quant) for quant in QUANTS}
+
+
+def requantized(quant: str) -> Path:
+    """The embedded model requantized to `quant` (a QUANTS name) by llama.cpp, made once into CACHE;
+    the embedded file itself for its own type."""
     embedded = resolve_model(None, DEFAULT_MODELS_DIR)[0]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    found = {}
-    for quant, file_type in QUANTS.items():
-        if file_type is None:
-            found[quant] = embedded
-            continue
-        path = CACHE / f"SmolLM2-135M-Instruct.{quant}.gguf"
-        if not path.is_file():
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype, params.nthread, params.allow_requantize = file_type, os.cpu_count() or 1, True
-            partial = path.with_suffix(".part")
-            if llama_cpp.llama_model_quantize(os.fsencode(embedded), os.fsencode(partial), ctypes.byref(params)) != 0:
-                raise SystemExit(f"llama.cpp could not requantize {embedded} to {quant}")
-            partial.rename(path)
-        found[quant] = path
-    return found
+    file_type = QUANTS[quant]
+    if file_type is None:
+        return embedded
+    path = CACHE / f"SmolLM2-135M-Instruct.{quant}.gguf"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread, params.allow_requantize = file_type, os.cpu_count() or 1, True
+        partial = path.with_suffix(".part")
+        if llama_cpp.llama_model_quantize(os.fsencode(embedded), os.fsencode(partial), ctypes.byref(params)) != 0:
+            raise SystemExit(f"llama.cpp could not requantize {embedded} to {quant}")
+        partial.rename(path)
+    return path
 
 
 def measure(path: Path, threads: int, rounds: int, workload: tuple[int, int]) -> dict:
