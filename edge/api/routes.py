@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -113,6 +114,8 @@ async def _answer(request: Request, layer: ServingLayer, prepare: Callable[[], P
     prepared = await unless_client_leaves(request, asyncio.to_thread(prepare))
     if isinstance(prepared, Response):
         return prepared
+    if not streamed:  # nothing reads the answer before it is whole: the engine hands it over at its end
+        prepared = replace(prepared, generation=replace(prepared.generation, stream=False))
     life = RequestLife(layer, prepared)
     handed_over = False
     try:

@@ -43,14 +43,10 @@ from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
 from edge.engine.slots import SlotTable
 from edge.engine.speculator import Speculator
+from edge.engine.step_batch import Reader, fill_step
 from edge.engine.step_profile import DECODE, PUBLISH, SAMPLE, TEXT
 
 log = logging.getLogger("edge.engine")
-
-# What a step samples: the batch index of a token whose logits come first, the sequences that draw
-# from them (two for an n=2 prompt just read), and the drafts decoded after it (one sequence only).
-Reader = tuple[int, list[Sequence], list[int]]
-
 
 class Engine:
     """Owns the llama context and the thread that decodes on it."""
@@ -290,7 +286,7 @@ class Engine:
         profile = self.metrics.steps
         profile.start()
         batch = BatchWriter(self._batch, self.config.n_batch)
-        readers, decoding_only = self._fill(batch, active)
+        readers, decoding_only = fill_step(batch, active, self._slots, self._speculator, self.config.n_batch)
         if not batch.count:
             return
         profile.decoding()
@@ -314,51 +310,6 @@ class Engine:
         self._outbox.flush()
         profile.add(PUBLISH, time.perf_counter() - publish_started)
         profile.commit()
-
-    def _fill(self, batch: BatchWriter, active: list[Job]) -> tuple[list[Reader], int]:
-        """Each running sequence's next token and drafts, then prompt chunks in what room is left
-        (oldest request first), written into the batch in slot order; the readers, and how many of
-        the batch's tokens are running sequences' (the rest: prompt).
-
-        Slot order because llama.cpp handles a batch whose sequences' KV streams come out of order,
-        but slowly: measured on a 2-core AMD EPYC, SmolLM2 Q4_1, one token each of 4 sequences took
-        27.9 ms in the order 1, 0, 3, 2 and 21.4 ms in the order 0, 1, 2, 3. Requests that reuse
-        cached slots land in whichever slot holds their prefix, so admission order is not slot order."""
-        decoding = [seq for job in active if job.prefilled for seq in job.live]
-        # Drafts share at most half the batch, and only what the running sequences leave free:
-        # a prompt being read keeps the rest.
-        spare = self.config.n_batch // 2 - len(decoding)
-        proposed = self._speculator.propose(decoding, spare) if self._speculator and decoding else [[]] * len(decoding)
-        running = sum(1 + len(drafts) for drafts in proposed)
-        room = batch.room - running
-        chunks: list[tuple[Job, int]] = []
-        for job in active:
-            if not job.prefilled and room > 0:
-                size = min(room, len(job.request.prompt_tokens) - job.prompt_read)
-                chunks.append((job, size))
-                room -= size
-        parts = [(seq.slot.seq_id, 0, index) for index, seq in enumerate(decoding)]
-        parts += [(job.sequences[0].slot.seq_id, 1, index) for index, (job, _) in enumerate(chunks)]
-        readers: list[Reader] = []
-        for _, kind, index in sorted(parts):
-            if kind == 0:
-                readers.append(self._add_next_token(batch, decoding[index], proposed[index]))
-            else:
-                job, size = chunks[index]
-                last_index = self._add_prompt_chunk(batch, job, size)
-                if job.prefilled:
-                    readers.append((last_index, job.live, []))
-        return readers, running
-
-    def _add_next_token(self, batch: BatchWriter, seq: Sequence, drafts: list[int]) -> Reader:
-        """A running sequence's next token into the batch, and after it its drafts."""
-        first = batch.add(seq.last_token, seq.position, [seq.slot.seq_id], True)
-        for offset, token in enumerate(drafts, 1):
-            batch.add(token, seq.position + offset, [seq.slot.seq_id], True)
-        for token in (seq.last_token, *drafts):
-            self._slots.record(seq.slot, token)
-        seq.position += 1 + len(drafts)
-        return first, [seq], drafts
 
     def _sample(self, readers: list[Reader]) -> None:
         """Draw each sequence's next token from the logits at its batch index, and accept it;
@@ -388,17 +339,6 @@ class Engine:
         if rejected:
             seq.position -= rejected
             self._slots.truncate(seq.slot, seq.position)
-
-    def _add_prompt_chunk(self, batch: BatchWriter, job: Job, size: int) -> int:
-        """The next `size` prompt tokens into the first sequence only (streams cannot share a token)."""
-        prompt = job.request.prompt_tokens
-        slot = job.sequences[0].slot
-        index = -1
-        for position in range(job.prompt_read, job.prompt_read + size):
-            index = batch.add(prompt[position], position, [slot.seq_id], position == len(prompt) - 1)
-            self._slots.record(slot, prompt[position])
-            job.prompt_read = position + 1
-        return index
 
     def _accept(self, seq: Sequence, token: int, output_index: int) -> None:
         """Turn a sampled token into released text, and decide whether the sequence ends."""

@@ -1,6 +1,6 @@
 """Every decode's batch lists its sequences in slot order, also when requests land in cached slots
 out of their admission order (llama.cpp decodes an out-of-order batch about a third slower; see
-Engine._fill)."""
+edge/engine/step_batch.py)."""
 
 from __future__ import annotations
 
