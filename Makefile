@@ -138,7 +138,7 @@ $(BENCH_STAMP): $(TEST_STAMP)
 	touch $@
 
 # Speculative decoding (--speculative ngram) against llama-server's ngram-simple, on an edit task and
-# open chat; writes bench/reports/speculative.md.
+# open chat, on the embedded Q4_1 model and its Q4_0 requantization; writes bench/reports/speculative.md.
 bench-spec: $(BENCH_STAMP) $(LLAMA_SERVER)
 	$(BIN)/python bench/spec_bench.py $(ARGS)
 
