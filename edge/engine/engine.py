@@ -48,6 +48,7 @@ from edge.engine.step_profile import DECODE, PUBLISH, SAMPLE, TEXT
 
 log = logging.getLogger("edge.engine")
 
+
 class Engine:
     """Owns the llama context and the thread that decodes on it."""
 
