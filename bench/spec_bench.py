@@ -84,6 +84,9 @@ def verify_cost(gguf: Path, kernel: str | None, threads: int, drafts: int = DRAF
     model = LlamaModel(gguf, LoadOptions(cpu_kernels=kernel or "plain"))
     params = context_params(EngineConfig(CONTEXT + drafts + 1, parallel=1, threads=threads))
     ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        model.close()
+        raise SystemExit(f"llama.cpp could not create a context for {gguf}")
     batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
     tokens = filler_tokens(model.n_vocab, CONTEXT + drafts + 1)
     try:
