@@ -192,16 +192,20 @@ class Generation(Cancellable):
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._first: Event | None = None  # read by `started`, handed out again by `events`
-        self._held: list[Event] = []  # the engine thread's only: events of a whole answer not handed over yet
+        self._held: list[Event] = []  # the producing thread's only: a whole answer's events not handed over yet
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
     def publish(self, event: Event) -> None:
-        """Called from the engine thread."""
+        """Called from the one thread that produces this request's events (the engine process's
+        relay, with --rpc); a whole answer is held as through the Outbox (see outgoing)."""
+        events = self.outgoing(event)
+        if not events:
+            return
         try:
-            self._loop.call_soon_threadsafe(self.deliver, event)
+            self._loop.call_soon_threadsafe(_deliver_all, [(self, events)])
         except RuntimeError:  # the request's event loop is gone: nobody is listening
             self._cancelled.set()
 
@@ -210,7 +214,7 @@ class Generation(Cancellable):
         self._events.put_nowait(event)
 
     def outgoing(self, event: Event) -> list[Event]:
-        """Called from the engine thread: the events to hand over now that `event` is out (none
+        """Called from the thread that produces the events: the events to hand over now that `event` is out (none
         while a whole answer is still being written; then all of them, in order)."""
         if not self.request.stream and isinstance(event, (TextDelta, ChoiceFinished)):
             self._held.append(event)
