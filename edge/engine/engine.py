@@ -294,7 +294,8 @@ class Engine:
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         profile.decoded()
         if self._speculator is not None and batch.count == decoding_only:
-            self._speculator.observe(batch.count, profile.totals[DECODE])
+            self._speculator.observe([(sequences[0].slot.seq_id, 1 + len(drafts)) for _, sequences, drafts in readers],
+                                     profile.totals[DECODE])
         if status != 0:
             log.error("llama_decode failed with status %d", status)
             for job in list(active):

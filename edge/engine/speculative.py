@@ -11,9 +11,13 @@ survives with probability p(d), and the first disagreeing sample is drawn from p
 renormalized. Output is distributed as without speculation, and at temperature 0 it is the same
 tokens.
 
-A drafted token costs a decoded token whether it is kept or not. StepCost learns what a step costs
-per token on this machine and `afford` drafts only the tokens expected to raise the step's
-throughput: on a small CPU whose cores several streams already keep busy, little or nothing.
+A drafted token costs a decoded token whether it is kept or not, and more where it makes llama.cpp
+split the step: with a KV stream per sequence it decodes a batch as micro-batches that take the
+same number of tokens from each of a run of consecutive sequences (its split_equal), so one
+sequence's drafts beside others' single tokens are a micro-batch of their own, which reads all
+the weights again. StepCost learns what a micro-batch and a token cost on this machine, and
+`afford` drafts only the tokens expected to raise the step's throughput: on a small CPU whose
+cores several streams already keep busy, little or nothing.
 """
 
 from __future__ import annotations
@@ -137,54 +141,83 @@ class SequenceDrafts:
 
 
 class StepCost:
-    """What a decode step costs on this machine, as `fixed + per_token * tokens` seconds, fitted by
-    least squares over recent steps (exponentially fading, so it follows the load).
+    """What a decode step costs on this machine, as `per_batch * micro_batches + per_token * tokens`
+    seconds, fitted by least squares over recent steps (exponentially fading, so it follows the load).
 
     Only steps that decoded no prompt are observed: a prompt chunk's cost grows with its context.
-    Until steps of different sizes have been seen, nothing is known and `estimate` is None.
+    Until steps of different shapes have been seen, nothing is known and `estimate` is None.
     """
 
     FADE = 0.98  # about the last 50 steps count
 
     def __init__(self) -> None:
-        self._weight = self._tokens = self._tokens_sq = self._seconds = self._products = 0.0
+        # Fading sums of batches², batches·tokens, tokens², batches·seconds, tokens·seconds, and the weight.
+        self._sums = [0.0] * 6
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        fade = self.FADE
-        self._weight = fade * self._weight + 1
-        self._tokens = fade * self._tokens + tokens
-        self._tokens_sq = fade * self._tokens_sq + tokens * tokens
-        self._seconds = fade * self._seconds + seconds
-        self._products = fade * self._products + tokens * seconds
+    def observe(self, tokens: int, micro_batches: int, seconds: float) -> None:
+        terms = (micro_batches * micro_batches, micro_batches * tokens, tokens * tokens,
+                 micro_batches * seconds, tokens * seconds, 1.0)
+        self._sums = [self.FADE * total + term for total, term in zip(self._sums, terms)]
 
     def estimate(self) -> tuple[float, float] | None:
-        """(fixed seconds, seconds per token), or None while the observed steps were all alike."""
-        if self._weight < 4:
+        """(seconds per micro-batch, seconds per token), or None while the observed steps were all alike."""
+        bb, bt, tt, bs, ts, weight = self._sums
+        if weight < 4:
             return None
-        mean_tokens, mean_seconds = self._tokens / self._weight, self._seconds / self._weight
-        variance = self._tokens_sq / self._weight - mean_tokens ** 2
-        if variance < 0.25:
+        determinant = bb * tt - bt * bt
+        # With one micro-batch a step this is the variance of the token counts (times weight²).
+        if determinant < 0.25 * weight * weight:
             return None
-        per_token = max(0.0, (self._products / self._weight - mean_tokens * mean_seconds) / variance)
-        return max(0.0, mean_seconds - per_token * mean_tokens), per_token
+        per_batch = (bs * tt - ts * bt) / determinant
+        per_token = (ts * bb - bs * bt) / determinant
+        if per_token < 0:  # noise: the steps' sizes explain nothing; all of it is the batches' cost
+            return bs / bb, 0.0
+        if per_batch < 0:
+            return 0.0, ts / tt
+        return per_batch, per_token
+
+
+def micro_batches(layout: list[tuple[int, int]]) -> int:
+    """How many micro-batches llama.cpp decodes a step in, given each sequence's (id, tokens) in
+    the batch's order (slot order) and a KV stream per sequence: each takes the same number of
+    tokens, the fewest any of them has left, from a run of consecutive sequence ids that still have
+    tokens, starting with the first that does (llama_batch_allocr::split_equal, sequential)."""
+    ids = [seq_id for seq_id, _ in layout]
+    left = [tokens for _, tokens in layout]
+    count = 0
+    while any(left):
+        first = next(index for index, tokens in enumerate(left) if tokens)
+        last = first
+        while last + 1 < len(left) and left[last + 1] and ids[last + 1] == ids[last] + 1:
+            last += 1
+        taken = min(left[first:last + 1])
+        left[first:last + 1] = [tokens - taken for tokens in left[first:last + 1]]
+        count += 1
+    return count
 
 
 def afford(wanted: list[int], keep_rates: list[float], cost: tuple[float, float] | None,
-           draft_seconds: float = 0.0) -> list[int]:
-    """How many of each sequence's `wanted` drafts to decode this step.
+           draft_seconds: float = 0.0, seq_ids: list[int] | None = None) -> list[int]:
+    """How many of each sequence's `wanted` drafts to decode this step (the sequences' ids
+    `seq_ids`, in any order; None: consecutive ids).
 
     A step decodes one token per sequence; each drafted token adds `per_token` seconds (plus
     `draft_seconds`, the draft model's cost of proposing it) and yields an expected `rate ** j`
     tokens (the j-th draft is kept only if the ones before it were). Drafts are taken best first
     while they raise the expected tokens per second: one of expected yield g pays iff
-    g * step_seconds > its_seconds * expected_tokens. With no estimate yet, all are taken.
+    g * step_seconds > its_seconds * expected_tokens. The micro-batches the drafts split the step
+    into are counted after: if they make the plan slower than drafting nothing, nothing is drafted.
+    With no estimate yet, all are taken.
     """
     if cost is None:
         return list(wanted)
-    fixed, per_token = cost
+    per_batch, per_token = cost
     extra = per_token + draft_seconds
-    expected = float(len(wanted))
-    seconds = fixed + per_token * expected
+    ids = seq_ids if seq_ids is not None else list(range(len(wanted)))
+    base = float(len(wanted))
+    undrafted_split = micro_batches(sorted((seq_id, 1) for seq_id in ids))
+    undrafted_seconds = per_batch * undrafted_split + per_token * base
+    expected, seconds = base, undrafted_seconds
     offers = sorted(((rate ** j, index) for index, (count, rate) in enumerate(zip(wanted, keep_rates))
                      for j in range(1, count + 1)), reverse=True)
     granted = [0] * len(wanted)
@@ -195,4 +228,9 @@ def afford(wanted: list[int], keep_rates: list[float], cost: tuple[float, float]
         granted[index] += 1
         seconds += extra
         expected += gain
+    if any(granted):
+        split = micro_batches(sorted((seq_id, 1 + grant) for seq_id, grant in zip(ids, granted)))
+        seconds += per_batch * (split - undrafted_split)
+        if expected * undrafted_seconds <= base * seconds:
+            return [0] * len(wanted)
     return granted

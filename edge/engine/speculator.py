@@ -17,7 +17,7 @@ from edge.engine.draft_model import DraftModel, DraftRequest, draft_load_options
 from edge.engine.job import Sequence
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
-from edge.engine.speculative import SpeculativeConfig, StepCost, afford
+from edge.engine.speculative import SpeculativeConfig, StepCost, afford, micro_batches
 
 log = logging.getLogger("edge.engine")
 
@@ -67,7 +67,8 @@ class Speculator:
             rooms.append(room)
             spare -= room
         granted = afford(rooms, [seq.drafts.keep_rate for seq in decoding], self._step_cost(),
-                         self._draft_model.seconds_per_draft if self._draft_model else 0.0)
+                         self._draft_model.seconds_per_draft if self._draft_model else 0.0,
+                         [seq.slot.seq_id for seq in decoding])
         for seq, room, grant in zip(decoding, rooms, granted):
             if room and not grant:  # a partial grant is verified, and that moves the keep rate itself
                 seq.drafts.undrafted()
@@ -79,9 +80,10 @@ class Speculator:
     def _step_cost(self) -> tuple[float, float] | None:
         return self._cost.estimate() if self._config.policy == "auto" else None
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        """A decode of `tokens` running sequences' tokens (no prompt) took `seconds`."""
-        self._cost.observe(tokens, seconds)
+    def observe(self, layout: list[tuple[int, int]], seconds: float) -> None:
+        """A decode of running sequences' tokens only (no prompt), (seq_id, tokens) each in the
+        batch's order, took `seconds`."""
+        self._cost.observe(sum(tokens for _, tokens in layout), micro_batches(layout), seconds)
 
     def verified(self, seq: Sequence, drafted: int, kept: int) -> None:
         """The sampling kept `kept` of the `drafted` tokens it verified for `seq`."""

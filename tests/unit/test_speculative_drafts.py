@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from edge.engine.metrics import EngineMetrics
-from edge.engine.speculative import NgramDrafter, SpeculativeConfig, StepCost, afford
+from edge.engine.speculative import NgramDrafter, SpeculativeConfig, StepCost, afford, micro_batches
 from edge.engine.speculator import Speculator
 from edge.settings import Settings
 
@@ -89,12 +89,43 @@ def test_a_draft_model_alone_means_draft_mode() -> None:
 def test_the_step_cost_is_unknown_until_steps_of_different_sizes_are_seen() -> None:
     cost = StepCost()
     for _ in range(10):
-        cost.observe(4, 0.030)
+        cost.observe(4, 1, 0.030)
     assert cost.estimate() is None  # all alike: the per-token cost cannot be told from the fixed one
     for tokens in (1, 2, 8, 16) * 5:
-        cost.observe(tokens, 0.002 + 0.007 * tokens)
+        cost.observe(tokens, 1, 0.002 + 0.007 * tokens)
     fixed, per_token = cost.estimate()
     assert per_token == pytest.approx(0.007, rel=0.15) and fixed == pytest.approx(0.002, abs=0.004)
+
+
+def test_the_step_cost_tells_a_micro_batch_from_a_token() -> None:
+    cost = StepCost()
+    for tokens, batches in ((4, 1), (9, 2), (4, 4), (20, 1), (12, 3)) * 6:
+        cost.observe(tokens, batches, 0.006 * batches + 0.0035 * tokens)
+    per_batch, per_token = cost.estimate()
+    assert per_batch == pytest.approx(0.006, rel=0.01) and per_token == pytest.approx(0.0035, rel=0.01)
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ([(0, 1), (1, 1), (2, 1), (3, 1)], 1),  # one run, one token each
+    ([(0, 1), (2, 1), (4, 1), (6, 1)], 4),  # no two ids consecutive: four runs
+    ([(0, 1), (1, 6), (2, 1), (3, 1)], 2),  # one token of each, then the drafts alone
+    ([(0, 4), (1, 6), (2, 1), (3, 1)], 3),  # 1 of each; 3 more of 0 and 1; 2 more of 1
+    ([(0, 6), (1, 6), (2, 6), (3, 6)], 1),  # drafts of one length everywhere: one micro-batch
+    ([(5, 17)], 1),
+])
+def test_micro_batches_follow_llama_cpps_equal_split(layout: list[tuple[int, int]], expected: int) -> None:
+    assert micro_batches(layout) == expected
+
+
+def test_drafts_that_split_the_step_are_dropped_when_the_split_costs_more_than_they_yield() -> None:
+    # About a 2-core AMD EPYC with SmolLM2 Q4_0: 6 ms a micro-batch, 3.6 ms a token. One sequence of
+    # four with good odds: its drafts alone pay per token, but they are a micro-batch of their own.
+    cost = (0.006, 0.0036)
+    assert afford([3, 0, 0, 0], [0.8, 0.5, 0.5, 0.5], cost, seq_ids=[0, 1, 2, 3]) == [0, 0, 0, 0]
+    # All four with excellent odds draft alike: one micro-batch, and the drafts pay.
+    assert all(afford([8] * 4, [0.99] * 4, cost, seq_ids=[0, 1, 2, 3]))
+    # Alone, the same sequence's drafts pay: a step of one sequence is one micro-batch however long.
+    assert afford([3], [0.8], cost)[0] > 0
 
 
 def test_drafts_are_afforded_only_while_they_raise_the_expected_throughput() -> None:
@@ -114,18 +145,19 @@ def test_drafts_are_afforded_only_while_they_raise_the_expected_throughput() -> 
     assert sum(afford([8], [0.8], (0.004, 0.001), draft_seconds=0.02)) == 0
 
 
-def _sequence(prompt: list[int]) -> SimpleNamespace:
+def _sequence(prompt: list[int], seq_id: int) -> SimpleNamespace:
     """The fields of an engine Sequence that Speculator.propose reads."""
     drafts = SpeculativeConfig("ngram", 8).sequence_drafts(prompt)
-    return SimpleNamespace(drafts=drafts, generated=0, job=SimpleNamespace(request=SimpleNamespace(max_tokens=100)))
+    return SimpleNamespace(drafts=drafts, generated=0, job=SimpleNamespace(request=SimpleNamespace(max_tokens=100)),
+                           slot=SimpleNamespace(seq_id=seq_id))
 
 
 def test_only_a_sequence_left_wholly_undrafted_drifts_back_towards_hope() -> None:
     speculator = Speculator(SpeculativeConfig("ngram", 8), EngineMetrics())
-    for tokens in (1, 2, 4, 8) * 10:  # a small CPU: drafted tokens cost nearly a step each
-        speculator.observe(tokens, 0.004 + 0.004 * tokens)
+    for tokens in (1, 2, 4, 8) * 10:  # 10 ms a micro-batch, 2 ms a token
+        speculator.observe([(0, tokens)], 0.010 + 0.002 * tokens)
     repeating = [1, 2, 3, 4, 5, 6, 7, 8, 9] * 3
-    partly, wholly = _sequence(repeating), _sequence(repeating)
+    partly, wholly = _sequence(repeating, 0), _sequence(repeating, 1)
     for _ in range(4):
         partly.drafts.verified(8, 7)  # good odds (better than hope's), but not good enough for all eight
         wholly.drafts.verified(4, 0)  # poor odds: no draft pays
