@@ -56,7 +56,8 @@ def _run_together(engine: Engine, prompts: list[list[int]]) -> list[str]:
 
 
 def _reused(engine: Engine) -> float:
-    return engine.metrics.prefix_hit_tokens._value.get()
+    """Prompt tokens found in a slot's cache so far, as GET /metrics reports them."""
+    return engine.metrics.registry.get_sample_value("edge_prefix_cache_hit_tokens_total")
 
 
 def test_sequences_go_into_each_batch_in_slot_order_when_cached_slots_are_reused_out_of_order() -> None:
