@@ -1,4 +1,4 @@
-"""One decode step's batch, filled token by token."""
+"""One decode step's batch, filled token by token, and how llama.cpp splits it to decode it."""
 
 from __future__ import annotations
 
@@ -40,6 +40,25 @@ class BatchWriter:
         self.count += 1
         self._batch.n_tokens = self.count
         return index
+
+
+def micro_batches(layout: list[tuple[int, int]]) -> int:
+    """How many micro-batches llama.cpp decodes a step in, given each sequence's (id, tokens) in
+    the batch's order (slot order) and a KV stream per sequence: each takes the same number of
+    tokens, the fewest any of them has left, from a run of consecutive sequence ids that still have
+    tokens, starting with the first that does (llama_batch_allocr::split_equal, sequential)."""
+    ids = [seq_id for seq_id, _ in layout]
+    left = [tokens for _, tokens in layout]
+    count = 0
+    while any(left):
+        first = next(index for index, tokens in enumerate(left) if tokens)
+        last = first
+        while last + 1 < len(left) and left[last + 1] and ids[last + 1] == ids[last] + 1:
+            last += 1
+        taken = min(left[first:last + 1])
+        left[first:last + 1] = [tokens - taken for tokens in left[first:last + 1]]
+        count += 1
+    return count
 
 
 def filler_tokens(vocab_size: int, count: int) -> list[int]:

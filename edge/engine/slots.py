@@ -9,11 +9,11 @@ simply overwritten. Only the engine thread uses this class.
 
 Which slot a request runs in matters for every step it shares: with a stream per sequence,
 llama.cpp splits a batch into one micro-batch per run of consecutive sequence ids (its
-split_equal), and each micro-batch reads all the weights again. Measured on a 2-core AMD EPYC,
-SmolLM2 Q4_1, one token each of sequences 0, 1, 2, 3 took 24-29 ms, of 0, 2, 4, 6 33-39 ms. So a
-request goes to the free slot that keeps the busy ones in the fewest runs, and if another free
-slot holds a longer prefix, that slot's cells are copied there first (a copy of a stream costs
-less than evaluating MIN_COPIED_PREFIX tokens).
+split_equal, as batch.micro_batches counts them), and each micro-batch reads all the weights
+again. Measured on a 2-core AMD EPYC, SmolLM2 Q4_1, one token each of sequences 0, 1, 2, 3 took
+24-29 ms, of 0, 2, 4, 6 33-39 ms. So a request goes to the free slot that keeps the busy ones in
+the fewest runs, and if another free slot holds a longer prefix, that slot's cells are copied
+there first (a copy of a stream costs less than evaluating MIN_COPIED_PREFIX tokens).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import llama_cpp
+
+from edge.engine.batch import micro_batches
 
 # A prefix this many tokens longer than the chosen slot's own is copied from the slot that holds it.
 # llama.cpp copies a whole stream (ctx_size cells): on a 2-core AMD EPYC, SmolLM2 Q4_1, 2048 cells
@@ -100,13 +102,10 @@ class SlotTable:
         return Claim(chosen, reused)
 
     def _new_runs(self, slot: Slot) -> int:
-        """How many more runs of consecutive busy slots there would be with `slot` busy too:
-        -1 where it closes a gap, 0 beside a busy slot (or with none busy), 1 apart from them."""
-        if not any(other.busy for other in self.slots):
-            return 0
-        index = slot.seq_id
-        neighbours = sum(0 <= other < len(self.slots) and self.slots[other].busy for other in (index - 1, index + 1))
-        return 1 - neighbours
+        """How many more micro-batches a step of one token per busy slot takes with `slot` busy too:
+        -1 where it closes a gap, 0 beside a busy slot, 1 apart from them (or with none busy)."""
+        busy = [(other.seq_id, 1) for other in self.slots if other.busy]
+        return micro_batches(sorted([*busy, (slot.seq_id, 1)])) - micro_batches(busy)
 
     def copy(self, source: Slot, target: Slot) -> None:
         """Give `target` the cells of `source`. Streams differ, so llama.cpp copies the whole

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.engine.batch import micro_batches
+
 SPECULATIVE_MODES = ("off", "ngram", "draft")
 DRAFT_POLICIES = ("auto", "always")  # auto: only drafts the step cost model expects to pay
 DRAFT_MAX_RANGE = (1, 64)  # tokens drafted per sequence per step
@@ -154,9 +156,9 @@ class StepCost:
         # Fading sums of batches², batches·tokens, tokens², batches·seconds, tokens·seconds, and the weight.
         self._sums = [0.0] * 6
 
-    def observe(self, tokens: int, micro_batches: int, seconds: float) -> None:
-        terms = (micro_batches * micro_batches, micro_batches * tokens, tokens * tokens,
-                 micro_batches * seconds, tokens * seconds, 1.0)
+    def observe(self, tokens: int, batch_count: int, seconds: float) -> None:
+        terms = (batch_count * batch_count, batch_count * tokens, tokens * tokens,
+                 batch_count * seconds, tokens * seconds, 1.0)
         self._sums = [self.FADE * total + term for total, term in zip(self._sums, terms)]
 
     def estimate(self) -> tuple[float, float] | None:
@@ -175,25 +177,6 @@ class StepCost:
         if per_batch < 0:
             return 0.0, ts / tt
         return per_batch, per_token
-
-
-def micro_batches(layout: list[tuple[int, int]]) -> int:
-    """How many micro-batches llama.cpp decodes a step in, given each sequence's (id, tokens) in
-    the batch's order (slot order) and a KV stream per sequence: each takes the same number of
-    tokens, the fewest any of them has left, from a run of consecutive sequence ids that still have
-    tokens, starting with the first that does (llama_batch_allocr::split_equal, sequential)."""
-    ids = [seq_id for seq_id, _ in layout]
-    left = [tokens for _, tokens in layout]
-    count = 0
-    while any(left):
-        first = next(index for index, tokens in enumerate(left) if tokens)
-        last = first
-        while last + 1 < len(left) and left[last + 1] and ids[last + 1] == ids[last] + 1:
-            last += 1
-        taken = min(left[first:last + 1])
-        left[first:last + 1] = [tokens - taken for tokens in left[first:last + 1]]
-        count += 1
-    return count
 
 
 def afford(wanted: list[int], keep_rates: list[float], cost: tuple[float, float] | None,

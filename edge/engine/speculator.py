@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 
+from edge.engine.batch import micro_batches
 from edge.engine.config import EngineConfig
 from edge.engine.draft_model import DraftModel, DraftRequest, draft_load_options
 from edge.engine.job import Sequence
 from edge.engine.llama_model import LlamaModel, ModelLoadError
 from edge.engine.metrics import EngineMetrics
-from edge.engine.speculative import SpeculativeConfig, StepCost, afford, micro_batches
+from edge.engine.speculative import SpeculativeConfig, StepCost, afford
 
 log = logging.getLogger("edge.engine")
 

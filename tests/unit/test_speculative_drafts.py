@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from edge.engine.batch import micro_batches
 from edge.engine.metrics import EngineMetrics
-from edge.engine.speculative import NgramDrafter, SpeculativeConfig, StepCost, afford, micro_batches
+from edge.engine.speculative import NgramDrafter, SpeculativeConfig, StepCost, afford
 from edge.engine.speculator import Speculator
 from edge.settings import Settings
 
