@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -135,6 +136,11 @@ def _ratio(results: dict, failures: dict[str, Failure], other: str, pick) -> str
     return f"{pick(results['edge']) / theirs:.2f}x" if theirs else "n/a"
 
 
+def run_stamp() -> dict:
+    """When and where a run starts, kept in serve.json so that --report-only re-renders it as it was."""
+    return {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -163,8 +169,8 @@ def _header(settings, load: dict, context: RunContext, matched: tuple[str, ...],
            None: "unknown (its system info could not be read)"}[context.llama_server_amx]
     return [
         "# Serving benchmark", "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` (bench/serve_bench.py).", "",
-        f"- Machine: {machine()}.",
+        f"Run {load.get('started', 'at an unrecorded time')} by `make bench` (bench/serve_bench.py).", "",
+        f"- Machine: {load.get('machine', 'unrecorded')}.",
         f"- Load average (1/5/15 min) before: {load['before']}, after: {load['after']}. This machine is "
         "shared with other engineers' builds and test runs: absolute figures are noisy, ratios measured "
         "minutes apart on the same machine less so.",
@@ -187,7 +193,9 @@ def _header(settings, load: dict, context: RunContext, matched: tuple[str, ...],
         "A server that crashes or fails is stopped and the others go on.",
         "- llama-server's \"ISA build\" is the same code compiled with each instruction set this CPU has "
         "named explicitly (`edge/plan/isa_flags.py`: GGML_NATIVE off, no AMX) instead of `-march=native`; "
-        "\"vs best llama-server\" takes, figure by figure, the best of the matching variants of both builds.",
+        "\"vs best llama-server\" takes, figure by figure, the best of the matching variants of both builds; "
+        "\"paired by round\" is the median of edge's figure over that variant's in each round (the two run "
+        "seconds apart), which the host's drift from minute to minute moves less than a ratio of medians.",
         *[_failure_note(name, failure, context) for name, failure in context.failures.items()],
     ]
 
@@ -198,12 +206,21 @@ def with_isa_builds(matched: tuple[str, ...]) -> tuple[str, ...]:
     return (*matched, *(name.replace("llama-server", "llama-server-isa", 1) for name in matched))
 
 
-def _best(results: dict, names: tuple[str, ...], pick, higher_is_better: bool) -> float | None:
-    """The best of `names`' figures (the fastest llama-server), among those measured."""
-    figures = [pick(results[name]) for name in names if name in results]
-    if not figures:
+def _best(results: dict, names: tuple[str, ...], pick, higher_is_better: bool) -> str | None:
+    """Which of `names` has the best figure (the fastest llama-server), among those measured."""
+    measured = [name for name in names if name in results]
+    if not measured:
         return None
-    return max(figures) if higher_is_better else min(figures)
+    return (max if higher_is_better else min)(measured, key=lambda name: pick(results[name]))
+
+
+def _paired(results: dict, best: str, pick) -> str:
+    """The median over the rounds of edge's figure over `best`'s in the same round. The host's speed
+    drifts from minute to minute (by up to a third on the shared 2-core machine); a round's two
+    figures are seconds apart, the medians of a whole run are not paired at all."""
+    rounds = zip(results["edge"].get("rounds", []), results[best].get("rounds", []))
+    ratios = [pick(ours) / pick(theirs) for ours, theirs in rounds if ours and theirs and pick(theirs)]
+    return f"{statistics.median(ratios):.2f}x" if ratios else "n/a"
 
 
 def _ratio_table(results: dict, context: RunContext, matched: tuple[str, ...]) -> list[str]:
@@ -213,13 +230,15 @@ def _ratio_table(results: dict, context: RunContext, matched: tuple[str, ...]) -
     def row(title: str, pick, higher_is_better: bool, target: str = "") -> str:
         cells = " | ".join(_ratio(results, context.failures, other, pick) for other in others)
         best = _best(results, llama_servers, pick, higher_is_better)
-        ours = pick(results["edge"]) if "edge" in results else None
-        best_cell = f"{ours / best:.2f}x" if best and ours is not None else "n/a"
-        return f"| {title} | {best_cell} | {cells} | {target} |"
+        if best is None or "edge" not in results:
+            return f"| {title} | n/a | n/a | {cells} | {target} |"
+        best_cell = _ratio(results, context.failures, best, pick)
+        return f"| {title} | {best_cell} | {_paired(results, best, pick)} | {cells} | {target} |"
 
     lines = ["## Ratios (edge / other; > 1 is better for throughput, < 1 for times)", "",
-             f"| Figure | vs best llama-server | {' | '.join(f'vs {label(other)}' for other in others)} | target |",
-             "| --- |" + " --- |" * (len(others) + 2),
+             f"| Figure | vs best llama-server | same, paired by round | "
+             f"{' | '.join(f'vs {label(other)}' for other in others)} | target |",
+             "| --- |" + " --- |" * (len(others) + 3),
              row("single client decode tokens/s", lambda r: r["single"]["decode_tps"], True, ">= 1.0x"),
              row("single client TTFT", lambda r: r["single"]["ttft_s"], False)]
     for clients in (1, 4, 8):
@@ -227,7 +246,7 @@ def _ratio_table(results: dict, context: RunContext, matched: tuple[str, ...]) -
         lines.append(row(f"{clients} clients aggregate tokens/s",
                          lambda r, c=clients: _row(r, c)["aggregate_tps"], True, target))
     lines.append(row("conversation turn-2 TTFT", lambda r: r["conversation"]["second_ttft_s"], False, "<= 1.0x"))
-    lines.append(row("n=2 / n=1 time", lambda r: r["n2"]["ratio"], False, "<= 1.0x"))
+    lines.append(row("n=2 / n=1 time", lambda r: r["n2"]["n2_s"] / r["n2"]["n1_s"], False, "<= 1.0x"))
     return lines
 
 

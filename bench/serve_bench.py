@@ -27,7 +27,7 @@ from typing import TypeVar
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import RunContext, write_report  # noqa: E402
+from report import RunContext, run_stamp, write_report  # noqa: E402
 from step_profile import breakdown, samples, snapshot  # noqa: E402
 from servers import (SERVERS, Failure, RunningServer, ServerFailed, Settings, available, edge_kernels,  # noqa: E402
                      llama_server_amx)
@@ -312,7 +312,7 @@ def main() -> int:
     kernel, kernel_line = edge_kernels(settings)
     print(kernel_line, file=sys.stderr)
     amx, system_info = llama_server_amx() if any(n.startswith("llama-server") for n in names) else (None, "")
-    load = {"before": _load()}
+    load = {**run_stamp(), "before": _load()}
     results, failures = measure_all(names, settings, model, 1 if args.quick else args.rounds, args.quick, reports)
     load["after"] = _load()
     context = RunContext(kernel, kernel_line, amx, system_info, failures)
