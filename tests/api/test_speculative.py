@@ -210,8 +210,10 @@ def test_four_concurrent_streams_each_equal_it_alone_without(plain_short, specul
     assert sum(usage.completion_tokens for _, _, usage in expected) > 150
     with Drafts(speculative_short), ThreadPoolExecutor(len(SHORT)) as pool:
         together = list(pool.map(lambda prompt: streamed(speculative_short, prompt), SHORT))
-    # Drafts from either source reach the target as tokens, not as arithmetic: equal both ways.
+    # Drafts from either source reach the target as tokens, not as arithmetic: equal both ways,
+    # logprobs too (the same logits, bit for bit).
     assert [text for text, _, _ in together] == [text for text, _, _ in expected]
+    assert [entries for _, entries, _ in together] == [entries for _, entries, _ in expected]
     assert metric(speculative_short, "edge_busy_slots") == 0
 
 
