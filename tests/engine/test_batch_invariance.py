@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from support import EMBEDDED_GGUF
 
-from edge.engine.batch import BatchWriter
+from edge.engine.batch import BatchWriter, decode_prompt
 from edge.engine.config import EngineConfig, context_params
 from edge.engine.llama_model import LlamaModel
 
@@ -38,15 +38,17 @@ class Context:
         writer = BatchWriter(self.batch, BATCH)
         indices = [writer.add(token, position, [seq], True) for token, position, seq in items]
         assert llama_cpp.llama_decode(self.ctx, self.batch) == 0
-        return [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), (self.model.n_vocab,)).copy()
-                for i in indices]
+        return [self.logits(index) for index in indices]
+
+    def logits(self, index: int) -> np.ndarray:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), (self.model.n_vocab,)).copy()
 
     def read(self, tokens: list[int], seq: int, piece: int) -> np.ndarray:
         """Forget the sequence, read `tokens` in pieces of `piece`; the last token's logits."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
         for start in range(0, len(tokens), piece):
-            last = self.decode([(token, start + i, seq) for i, token in enumerate(tokens[start:start + piece])])[-1]
-        return last
+            assert decode_prompt(self.ctx, self.batch, BATCH, tokens[start:start + piece], seq, start) == 0
+        return self.logits(-1)
 
     def close(self) -> None:
         llama_cpp.llama_batch_free(self.batch)
