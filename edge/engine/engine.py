@@ -240,6 +240,8 @@ class Engine:
 
     def _admit(self, waiting: deque[Job], active: list[Job]) -> None:
         """Move waiting jobs, oldest first, into the batch while slots are free."""
+        if not waiting:  # nothing can change: the gauges were set when the queue last emptied
+            return
         self._expire(waiting)
         while waiting:
             job = waiting[0]
