@@ -58,8 +58,14 @@ class Trial:
 
     kernel: str
     prompt_tps: float = 0.0
-    decode_tps: float = 0.0
+    decode_tps: float = 0.0  # the median of decode_rounds
     failure: str = ""  # empty when the probe ran to its end
+    # Each round's decode tokens/s, in order: the candidates took turns within each round, so
+    # round i of two trials was timed seconds apart (comparable pairwise, unlike rounds far apart).
+    decode_rounds: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode_rounds", tuple(self.decode_rounds))  # read back from JSON as a list
 
     @property
     def ok(self) -> bool:
@@ -234,8 +240,9 @@ class _ProbeChild:
     def trial(self) -> Trial:
         if self.failure or not self.rounds:
             return Trial(self.kernel, failure=self.failure or "measured nothing")
-        median = statistics.median
-        return Trial(self.kernel, median(r["prompt_tps"] for r in self.rounds), median(r["decode_tps"] for r in self.rounds))
+        decode = tuple(r["decode_tps"] for r in self.rounds)
+        return Trial(self.kernel, statistics.median(r["prompt_tps"] for r in self.rounds), statistics.median(decode),
+                     decode_rounds=decode)
 
     def close(self) -> None:
         if self.process.poll() is None:

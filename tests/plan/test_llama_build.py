@@ -17,7 +17,7 @@ import pytest
 
 from edge.plan import llama_build
 from edge.plan.cpu_kernels import Trial
-from edge.plan.llama_build import BuildVerdict, decide, pick, time_builds
+from edge.plan.llama_build import BuildVerdict, decide, paired_ratios, pick, time_builds
 from support import EMBEDDED_GGUF
 
 THREADS = 2
@@ -48,11 +48,30 @@ def test_pick_takes_the_faster_build_and_a_tie_goes_to_native():
         pick([Trial("native", failure="crashed (SIGSEGV)")])
 
 
+def test_with_rounds_kept_the_other_build_must_beat_native_round_by_round():
+    # The host slowed down after the first round: by their medians the explicit build looks 8% faster,
+    # but timed seconds apart it was 1% slower in four rounds of five.
+    native = Trial("native", 100, 120, decode_rounds=(120, 100, 100, 140, 140))
+    drifted = Trial("isa", 100, 130, decode_rounds=(130, 99, 99, 139, 139))
+    assert paired_ratios([native, drifted]) == {"isa": pytest.approx(0.993, abs=0.001)}
+    assert pick([native, drifted]) == "native"
+    faster = Trial("isa", 100, 130, decode_rounds=(125, 104, 104, 146, 146))  # +4% in every round
+    assert paired_ratios([native, faster]) == {"isa": pytest.approx(1.042, abs=0.001)}
+    assert pick([native, faster]) == "isa"
+    barely = Trial("isa", 100, 123, decode_rounds=(123, 101, 101, 142, 142))  # +1%: within TIE
+    assert pick([native, barely]) == "native"
+    line = BuildVerdict("isa", (native, faster)).line()
+    assert line.endswith("isa pp 100 / tg 130 tok/s; isa / native paired by round 1.042)")
+    assert BuildVerdict.from_dict(json.loads(json.dumps(BuildVerdict("isa", (native, faster)).to_dict()))) == \
+        BuildVerdict("isa", (native, faster))  # the rounds survive the cache file
+
+
 def test_each_build_is_timed_from_its_own_wheel_and_a_crashing_one_loses(wheels):
     trials = time_builds({"native": wheels["broken"], "isa": wheels["good"]}, EMBEDDED_GGUF, THREADS, rounds=2)
     assert [trial.kernel for trial in trials] == ["native", "isa"]
     assert trials[0].failure == "crashed (SIGSEGV)"  # imported the broken wheel, not this environment's
     assert trials[1].ok and trials[1].decode_tps > 0 and trials[1].prompt_tps > 0
+    assert len(trials[1].decode_rounds) == 2 and trials[0].decode_rounds == ()  # each round kept, for pairing
     assert pick(trials) == "isa"
 
 
