@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          429: "rate_limit_error", 503: "service_unavailable"}
+          415: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
 # Anthropic's documented error types. It has no 503: an engine that is down, restarting or whose
 # queue timed out is what it calls overloaded (529), which its SDK retries the same way.
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -57,8 +57,9 @@ _MODEL_CODES = frozenset({"invalid_value", "invalid_schema", "unsupported_field"
 _NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type"})  # of the body itself
 
 
-def from_validation(error: RequestValidationError) -> EdgeError:
-    """The most specific validation problem, phrased as `param: what is wrong`."""
+def from_validation(error: RequestValidationError, content_type: str | None = None) -> EdgeError:
+    """The most specific validation problem, phrased as `param: what is wrong`; `content_type` is
+    the request's header, which explains a body FastAPI did not read as JSON."""
     problems = error.errors()
     if any(problem.get("type") == "json_invalid" for problem in problems):
         return EdgeError(400, "the request body is not valid JSON", None, "invalid_json")
@@ -66,6 +67,12 @@ def from_validation(error: RequestValidationError) -> EdgeError:
     # one that says what is wrong (an image part in a text-only content list, say).
     first = max(problems, key=lambda problem: len(problem.get("loc", ())))
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _NOT_AN_OBJECT:
+        if not _declares_json(content_type or ""):
+            # FastAPI reads a body as JSON only under a JSON content type; `curl -d` sends
+            # application/x-www-form-urlencoded, and "must be a JSON object" would puzzle.
+            return EdgeError(415, f"the request body must be JSON, sent with the header Content-Type: "
+                             f"application/json (this request's: {content_type or 'none'})", None,
+                             "unsupported_media_type")
         return EdgeError(400, "the request body must be a JSON object", None, "invalid_value")
     code = first.get("type") if first.get("type") in _MODEL_CODES else "invalid_value"
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
@@ -76,6 +83,12 @@ def from_validation(error: RequestValidationError) -> EdgeError:
     if param is None and ": " in message and " " not in message.split(": ", 1)[0]:
         param, message = message.split(": ", 1)  # model-level checks name their field first
     return EdgeError(400, f"{param}: {message}" if param else message, param, code)
+
+
+def _declares_json(content_type: str) -> bool:
+    """application/json or application/*+json, parameters aside (FastAPI's own rule)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def _field_path(location: tuple) -> list[str]:
@@ -103,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error.response(_anthropic(request))
 
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        return from_validation(error).response(_anthropic(request))
+        return from_validation(error, request.headers.get("content-type")).response(_anthropic(request))
 
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:

@@ -155,7 +155,9 @@ def test_errors_have_anthropics_shape(server, claude):
                     "invalid_request_error")
     anthropic_error(post("/v1/messages/count_tokens", {"model": "claude-9", "messages": COLORS}), 404,
                     "not_found_error")
-    anthropic_error(httpx.post(f"{server.url}/v1/messages", content=b"{not json", timeout=60), 400,
+    anthropic_error(httpx.post(f"{server.url}/v1/messages", content=b"{not json",
+                               headers={"content-type": "application/json"}, timeout=60), 400, "invalid_request_error")
+    anthropic_error(httpx.post(f"{server.url}/v1/messages", content=b"{}", timeout=60), 415,  # no content type
                     "invalid_request_error")
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.create(model="claude-9", max_tokens=5, messages=COLORS)

@@ -63,6 +63,20 @@ def test_body_that_is_not_json_is_400(http):
     assert error_of(response, 400)["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_sent_as_another_media_type_is_415_naming_the_header(http, content_type):
+    """`curl -d '{...}'` without -H sends a form; the error says which header to send."""
+    body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": 2}).encode()
+    error = error_of(http.post("/v1/chat/completions", content=body, headers={"content-type": content_type}), 415)
+    assert error["code"] == "unsupported_media_type" and "Content-Type: application/json" in error["message"]
+    assert content_type in error["message"]
+    for declared in ("application/json; charset=utf-8", "application/vnd.api+json"):  # JSON by another name: read
+        assert http.post("/v1/chat/completions", content=body, headers={"content-type": declared}).status_code == 200
+    unlabelled = http.build_request("POST", "/v1/chat/completions", content=body)
+    assert "content-type" not in unlabelled.headers
+    assert "(this request's: none)" in error_of(http.send(unlabelled), 415)["message"]
+
+
 def test_unknown_model_is_404(http):
     error = error_of(http.post("/v1/chat/completions", json={"model": "gpt-17", "messages": USER}), 404)
     assert error["param"] == "model" and error["code"] == "model_not_found"
