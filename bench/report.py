@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from servers import SERVERS, Failure, label  # noqa: E402
 
+from edge.plan.llama_build import installed_verdict  # noqa: E402
+
 COLORS = {"edge": "tab:blue", "llama-server": "tab:orange", "llama-server-norepack": "tab:brown",
           "llama-server-isa": "tab:red", "llama-server-isa-norepack": "tab:purple", "llama-cpp-python": "tab:green"}
 # Shorter names under the bars, where four long ones would overlap.
@@ -145,7 +147,10 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, edge at {commit}"
+    verdict = installed_verdict()  # which compiled llama.cpp edge ran: `make install` timed the builds
+    build = verdict.line() if verdict else "llama.cpp build: not recorded (installed other than by make install)"
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+            f"edge at {commit}; edge's {build}")
 
 
 def _failure_note(name: str, failure: Failure, context: RunContext) -> str:
