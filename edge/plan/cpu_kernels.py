@@ -5,8 +5,8 @@ class Xeons) llama.cpp's AMX kernels fault on the first batched matrix product, 
 up Q4_0 by a third on one CPU while slowing Q4_K_M down by a quarter. So each candidate this build
 offers (backends.CPU_KERNELS) runs in a child process of its own (edge/engine/kernel_probe.py) on a
 small model: the served file itself when it is small (OWN_FILE_MAX_BYTES), else a synthetic one
-with its architecture and file type (convert/synthetic.py); a faulting kernel kills only its child. The fastest survivor by decode speed wins (see TIE for
-close calls). Trials are cached, keyed by the CPU's model and flags, the llama.cpp build, the
+with its architecture and file type (convert/synthetic.py); a faulting kernel kills only its child. The fastest survivor by decode speed wins, compared round
+by round with the simplest (relative_speeds; see TIE for close calls). Trials are cached, keyed by the CPU's model and flags, the llama.cpp build, the
 model's tensor types and the thread count, so later starts pay nothing.
 """
 
@@ -146,9 +146,28 @@ def kernel_sensitive_types(model: WeightTypes) -> set[str]:
 def pick(survivors: list[Trial], preferred: tuple[str, ...] = tuple(reversed(backends.CPU_KERNELS))) -> Trial:
     """The fastest decoder; among those within TIE of it, the one earliest in `preferred` (for
     kernels: the simplest). Also picks between llama.cpp builds (edge/plan/llama_build.py)."""
-    fastest = max(trial.decode_tps for trial in survivors)
-    tied = [trial for trial in survivors if trial.decode_tps >= fastest * (1 - TIE)]
+    speeds = relative_speeds(survivors, preferred)
+    fastest = max(speeds)
+    tied = [trial for trial, speed in zip(survivors, speeds) if speed >= fastest * (1 - TIE)]
     return min(tied, key=lambda trial: preferred.index(trial.kernel))
+
+
+def relative_speeds(survivors: list[Trial], preferred: tuple[str, ...]) -> list[float]:
+    """Each trial's decode speed over that of the one earliest in `preferred`: the median over rounds
+    of the two timed in the same round when every trial kept the same rounds (the candidates took
+    turns, so a round's pair was timed seconds apart and the host's drift between rounds cancels),
+    else the ratio of their medians (trials read from an older cache)."""
+    base = min(survivors, key=lambda trial: preferred.index(trial.kernel))
+    if paired(survivors):
+        return [statistics.median(ours / theirs for ours, theirs in zip(trial.decode_rounds, base.decode_rounds))
+                for trial in survivors]
+    return [trial.decode_tps / base.decode_tps for trial in survivors]
+
+
+def paired(trials: list[Trial] | tuple[Trial, ...]) -> bool:
+    """Whether these trials kept the same number of rounds (timed in turns), so they can be paired."""
+    return bool(trials) and all(trial.decode_rounds and len(trial.decode_rounds) == len(trials[0].decode_rounds)
+                                for trial in trials)
 
 
 def _trials(candidates: list[str], model: WeightTypes, threads: int, cache_dir: Path,

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,10 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
-from edge.plan.cpu_kernels import TIE, Trial, cpu_identity, measure_kernels, read_cache, write_cache
+from edge.plan.cpu_kernels import Trial, cpu_identity, measure_kernels, paired, read_cache, relative_speeds, write_cache
 from edge.plan.cpu_kernels import pick as pick_fastest
 
-BUILDS = ("native", "isa")  # the first is pip's own build: another must beat it by more than TIE
+BUILDS = ("native", "isa")  # a tie goes to the first: pip's own build, what every other user runs
 ROUNDS = 15
 METHOD = "paired-by-round"  # part of the cache key: a verdict reached another way is timed again
 WORKLOAD = (64, 96)  # prompt tokens (one batch), decode tokens (one at a time) per round
@@ -58,8 +57,13 @@ class BuildVerdict:
         if not self.trials:
             return f"llama.cpp build: {self.build} (the only one compiled: LLAMA_BUILD or a GPU build; not timed)"
         timings = "; ".join(trial.describe() for trial in self.trials)
-        ratios = "".join(f"; {name} / {BUILDS[0]} paired by round {ratio:.3f}"
-                         for name, ratio in paired_ratios(self.trials).items())
+        survivors = [trial for trial in self.trials if trial.ok]
+        ratios = ""
+        if len(survivors) > 1 and paired(survivors):
+            first = min(survivors, key=lambda trial: BUILDS.index(trial.kernel)).kernel
+            ratios = "".join(f"; {trial.kernel} / {first} paired by round {speed:.3f}"
+                             for trial, speed in zip(survivors, relative_speeds(survivors, BUILDS))
+                             if trial.kernel != first)
         return f"llama.cpp build: {self.build} (make install timed each, plain kernels: {timings}{ratios})"
 
     def to_dict(self) -> dict[str, object]:
@@ -70,29 +74,13 @@ class BuildVerdict:
         return cls(data["build"], tuple(Trial(**trial) for trial in data["trials"]))
 
 
-def paired_ratios(trials: tuple[Trial, ...] | list[Trial]) -> dict[str, float]:
-    """Each other build's decode speed over the native build's, as the median over rounds of the two
-    timed in the same round; empty unless the native build and every other ran the same rounds."""
-    by_name = {trial.kernel: trial for trial in trials if trial.ok}
-    native = by_name.pop(BUILDS[0], None)
-    if native is None or not native.decode_rounds or any(
-            len(trial.decode_rounds) != len(native.decode_rounds) for trial in by_name.values()):
-        return {}
-    return {name: statistics.median(ours / theirs for ours, theirs in zip(trial.decode_rounds, native.decode_rounds))
-            for name, trial in by_name.items()}
-
-
 def pick(trials: list[Trial]) -> str:
-    """The native build unless another decoded faster by more than TIE, by its paired ratio when the
-    rounds were kept (otherwise by the medians, the earlier in BUILDS within TIE of the fastest)."""
+    """The build that decoded fastest, by the paired rule of cpu_kernels.pick; within TIE of it, the
+    earlier in BUILDS (native)."""
     survivors = [trial for trial in trials if trial.ok]
     if not survivors:
         raise RuntimeError("no llama.cpp build ran: " + "; ".join(trial.describe() for trial in trials))
-    ratios = paired_ratios(survivors)
-    if not ratios:
-        return pick_fastest(survivors, BUILDS).kernel
-    name, ratio = max(ratios.items(), key=lambda item: item[1])
-    return name if ratio > 1 + TIE else BUILDS[0]
+    return pick_fastest(survivors, BUILDS).kernel
 
 
 def time_builds(wheels: dict[str, Path], model: Path, threads: int, rounds: int = ROUNDS) -> list[Trial]:
