@@ -149,8 +149,8 @@ def machine() -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     verdict = installed_verdict()  # which compiled llama.cpp edge ran: `make install` timed the builds
     build = verdict.line() if verdict else "llama.cpp build: not recorded (installed other than by make install)"
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}, "
-            f"edge at {commit}; edge's {build}")
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, edge at {commit}; edge's {build}")
 
 
 def _failure_note(name: str, failure: Failure, context: RunContext) -> str:

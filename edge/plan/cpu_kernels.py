@@ -5,9 +5,10 @@ class Xeons) llama.cpp's AMX kernels fault on the first batched matrix product, 
 up Q4_0 by a third on one CPU while slowing Q4_K_M down by a quarter. So each candidate this build
 offers (backends.CPU_KERNELS) runs in a child process of its own (edge/engine/kernel_probe.py) on a
 small model: the served file itself when it is small (OWN_FILE_MAX_BYTES), else a synthetic one
-with its architecture and file type (convert/synthetic.py); a faulting kernel kills only its child. The fastest survivor by decode speed wins, compared round
-by round with the simplest (relative_speeds; see TIE for close calls). Trials are cached, keyed by the CPU's model and flags, the llama.cpp build, the
-model's tensor types and the thread count, so later starts pay nothing.
+with its architecture and file type (convert/synthetic.py); a faulting kernel kills only its child.
+The fastest survivor by decode speed wins, each compared round by round with the simplest
+(relative_speeds; see TIE for close calls). Trials are cached, keyed by the CPU's model and flags,
+the llama.cpp build, the model's tensor types and the thread count, so later starts pay nothing.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ PYTHONPATH, plain CPU kernels, the builds taking turns within each round), insta
 the running environment and records the verdict, which `edge info` prints.
 
 The native build is what every other user of llama-cpp-python runs, so the other must beat it
-clearly: by more than cpu_kernels.TIE in the median of its per-round ratios to the native build,
-each pair timed seconds apart, which the host's drift from minute to minute moves less than a
-ratio of medians. On a shared 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) one install's ratio of
-medians gave the explicit build +6.5% (7 rounds); four runs later that day gave the native one
-+0.7% to +2.3% (9 rounds each).
+clearly: by more than cpu_kernels.TIE in the median of its per-round ratios to the native build
+(cpu_kernels.relative_speeds), each pair timed seconds apart, which the host's drift from minute to
+minute moves less than a ratio of medians. On a shared 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) one
+install's ratio of medians gave the explicit build +6.5% (7 rounds); four runs later that day gave
+the native one +0.7% to +2.3% (9 rounds each).
 
     python -m edge.plan.llama_build --wheel native=DIR [--wheel isa=DIR] --cache FILE
 
