@@ -96,7 +96,8 @@ class KernelChoice:
             return (f"CPU kernels: {self.kernel} ({self.requested}; no weight type that AMX or repacking takes, "
                     "so every choice reads the weights alike: no probe)")
         source = "probe, cached" if self.cached else f"probe, {self.seconds:.1f} s"
-        return f"CPU kernels: {self.kernel} ({self.requested}; {source}: {'; '.join(t.describe() for t in self.trials)})"
+        timings = "; ".join(t.describe() for t in self.trials)
+        return f"CPU kernels: {self.kernel} ({self.requested}; {source}: {timings}{paired_summary(self.trials)})"
 
 
 def validate_choice(value: str) -> str:
@@ -144,7 +145,10 @@ def kernel_sensitive_types(model: WeightTypes) -> set[str]:
     return {kind for _, kind in model.tensors} & KERNEL_SENSITIVE
 
 
-def pick(survivors: list[Trial], preferred: tuple[str, ...] = tuple(reversed(backends.CPU_KERNELS))) -> Trial:
+DEFAULT_PREFERENCE = tuple(reversed(backends.CPU_KERNELS))  # plain, repack, amx: fewest ways to fail first
+
+
+def pick(survivors: list[Trial], preferred: tuple[str, ...] = DEFAULT_PREFERENCE) -> Trial:
     """The fastest decoder; among those within TIE of it, the one earliest in `preferred` (for
     kernels: the simplest). Also picks between llama.cpp builds (edge/plan/llama_build.py)."""
     speeds = relative_speeds(survivors, preferred)
@@ -163,6 +167,17 @@ def relative_speeds(survivors: list[Trial], preferred: tuple[str, ...]) -> list[
         return [statistics.median(ours / theirs for ours, theirs in zip(trial.decode_rounds, base.decode_rounds))
                 for trial in survivors]
     return [trial.decode_tps / base.decode_tps for trial in survivors]
+
+
+def paired_summary(trials: tuple[Trial, ...], preferred: tuple[str, ...] = DEFAULT_PREFERENCE) -> str:
+    """`; repack / plain paired by round 0.973` for each survivor but the simplest, when they can be
+    paired (what `pick` decided by); empty otherwise."""
+    survivors = [trial for trial in trials if trial.ok]
+    if len(survivors) < 2 or not paired(survivors):
+        return ""
+    base = min(survivors, key=lambda trial: preferred.index(trial.kernel)).kernel
+    return "".join(f"; {trial.kernel} / {base} paired by round {speed:.3f}"
+                   for trial, speed in zip(survivors, relative_speeds(survivors, preferred)) if trial.kernel != base)
 
 
 def paired(trials: list[Trial] | tuple[Trial, ...]) -> bool:

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.cards import DEFAULT_MODELS_DIR, resolve_model
-from edge.plan.cpu_kernels import Trial, cpu_identity, measure_kernels, paired, read_cache, relative_speeds, write_cache
+from edge.plan.cpu_kernels import Trial, cpu_identity, measure_kernels, paired_summary, read_cache, write_cache
 from edge.plan.cpu_kernels import pick as pick_fastest
 
 BUILDS = ("native", "isa")  # a tie goes to the first: pip's own build, what every other user runs
@@ -57,13 +57,7 @@ class BuildVerdict:
         if not self.trials:
             return f"llama.cpp build: {self.build} (the only one compiled: LLAMA_BUILD or a GPU build; not timed)"
         timings = "; ".join(trial.describe() for trial in self.trials)
-        survivors = [trial for trial in self.trials if trial.ok]
-        ratios = ""
-        if len(survivors) > 1 and paired(survivors):
-            first = min(survivors, key=lambda trial: BUILDS.index(trial.kernel)).kernel
-            ratios = "".join(f"; {trial.kernel} / {first} paired by round {speed:.3f}"
-                             for trial, speed in zip(survivors, relative_speeds(survivors, BUILDS))
-                             if trial.kernel != first)
+        ratios = paired_summary(self.trials, BUILDS)
         return f"llama.cpp build: {self.build} (make install timed each, plain kernels: {timings}{ratios})"
 
     def to_dict(self) -> dict[str, object]:

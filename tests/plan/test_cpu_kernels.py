@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.engine.backends import CPU_KERNELS, offered_kernels
+from edge.engine.backends import offered_kernels
 from edge.engine.kernel_probe import FAULT_ENV
 from edge.plan.cpu_kernels import (
-    CACHE_FILE, OWN_FILE_MAX_BYTES, TIE, Trial, cache_key, choose, pick, relative_speeds,
+    CACHE_FILE, DEFAULT_PREFERENCE, OWN_FILE_MAX_BYTES, TIE, KernelChoice, Trial, cache_key, choose, pick,
+    relative_speeds,
 )
 from edge.plan.gguf_info import weight_types
 from support import EMBEDDED_GGUF, Server
@@ -70,22 +71,22 @@ def test_the_fastest_decoder_wins_and_close_calls_go_to_the_simpler_kernel() -> 
     assert pick([Trial("repack", 900, 160 * (1 + 2 * TIE)), plain]).kernel == "repack"
 
 
-PREFERRED = tuple(reversed(CPU_KERNELS))  # plain, repack, amx: pick's default order
-
-
 def test_with_rounds_kept_each_kernel_is_compared_round_by_round_with_the_simplest() -> None:
     # The host slowed down between rounds: by medians repack looks 8% faster than plain; timed in the
     # same rounds it was 1% slower in four of five.
     plain = Trial("plain", 600, 120, decode_rounds=(120, 100, 100, 140, 140))
     drifted = Trial("repack", 900, 130, decode_rounds=(130, 99, 99, 139, 139))
-    assert relative_speeds([drifted, plain], PREFERRED) == [pytest.approx(0.993, abs=0.001), 1.0]
+    assert relative_speeds([drifted, plain], DEFAULT_PREFERENCE) == [pytest.approx(0.993, abs=0.001), 1.0]
     assert pick([drifted, plain]) is plain
     faster = Trial("repack", 900, 130, decode_rounds=(125, 104, 104, 146, 146))  # +4% in every round
     assert pick([faster, plain]) is faster
     amx = Trial("amx", 900, 131, decode_rounds=(126, 105, 105, 147, 147))  # +0.8% over repack: a tie
     assert pick([amx, faster, plain]) is faster
     cached = Trial("plain", 600, 120)  # an older cache's trial has no rounds: the medians decide
-    assert relative_speeds([drifted, cached], PREFERRED) == [pytest.approx(130 / 120), 1.0]
+    assert relative_speeds([drifted, cached], DEFAULT_PREFERENCE) == [pytest.approx(130 / 120), 1.0]
+    line = KernelChoice("plain", "auto", (drifted, plain), cached=True, seconds=0.0).line()
+    assert line.endswith("plain pp 600 / tg 120 tok/s; repack / plain paired by round 0.993)")  # what decided
+    assert "paired" not in KernelChoice("repack", "auto", (drifted, cached), cached=True, seconds=0.0).line()
 
 
 def test_a_second_start_reads_the_verdict_from_the_cache(probed, model, monkeypatch) -> None:
