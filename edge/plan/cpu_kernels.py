@@ -154,7 +154,12 @@ def pick(survivors: list[Trial], preferred: tuple[str, ...] = DEFAULT_PREFERENCE
     speeds = relative_speeds(survivors, preferred)
     fastest = max(speeds)
     tied = [trial for trial, speed in zip(survivors, speeds) if speed >= fastest * (1 - TIE)]
-    return min(tied, key=lambda trial: preferred.index(trial.kernel))
+    return _first_preferred(tied, preferred)
+
+
+def _first_preferred(trials: list[Trial], preferred: tuple[str, ...]) -> Trial:
+    """The trial whose candidate comes earliest in `preferred` (the simplest kernel; the native build)."""
+    return min(trials, key=lambda trial: preferred.index(trial.kernel))
 
 
 def relative_speeds(survivors: list[Trial], preferred: tuple[str, ...]) -> list[float]:
@@ -162,7 +167,7 @@ def relative_speeds(survivors: list[Trial], preferred: tuple[str, ...]) -> list[
     of the two timed in the same round when every trial kept the same rounds (the candidates took
     turns, so a round's pair was timed seconds apart and the host's drift between rounds cancels),
     else the ratio of their medians (trials read from an older cache)."""
-    base = min(survivors, key=lambda trial: preferred.index(trial.kernel))
+    base = _first_preferred(survivors, preferred)
     if paired(survivors):
         return [statistics.median(ours / theirs for ours, theirs in zip(trial.decode_rounds, base.decode_rounds))
                 for trial in survivors]
@@ -175,7 +180,7 @@ def paired_summary(trials: tuple[Trial, ...], preferred: tuple[str, ...] = DEFAU
     survivors = [trial for trial in trials if trial.ok]
     if len(survivors) < 2 or not paired(survivors):
         return ""
-    base = min(survivors, key=lambda trial: preferred.index(trial.kernel)).kernel
+    base = _first_preferred(survivors, preferred).kernel
     return "".join(f"; {trial.kernel} / {base} paired by round {speed:.3f}"
                    for trial, speed in zip(survivors, relative_speeds(survivors, preferred)) if trial.kernel != base)
 
